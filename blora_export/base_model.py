@@ -1,0 +1,49 @@
+"""Loading the base encoder (hub name or local directory) and fingerprinting its weights."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def load_base_model(ref: str, num_labels: int, id2label: dict[int, str] | None = None,
+                    problem_type: str | None = None, trust_remote_code: bool = False) -> nn.Module:
+    """AutoModelForSequenceClassification with a fresh head of `num_labels` outputs, eager attention.
+
+    Eager attention keeps training, the MAC profile and the ONNX export on the same MatMul graph.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {"num_labels": num_labels, "trust_remote_code": trust_remote_code, "attn_implementation": "eager"}
+    if id2label:
+        kwargs["id2label"] = {int(k): v for k, v in id2label.items()}
+        kwargs["label2id"] = {v: int(k) for k, v in id2label.items()}
+    if problem_type:
+        kwargs["problem_type"] = problem_type
+    from transformers.utils import logging as hf_logging
+
+    # The head is fresh by design: silence the "newly initialized weights" report.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(ref, **kwargs)
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def fingerprint(model: nn.Module, exclude_prefixes: tuple[str, ...] = ()) -> str:
+    """sha256 over the frozen backbone's tensors (names and bytes), head excluded: identifies the base model."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if any(name == p or name.startswith(p + ".") for p in exclude_prefixes):
+            continue
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def is_local(ref: str) -> bool:
+    return Path(ref).exists()

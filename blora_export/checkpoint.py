@@ -1,0 +1,179 @@
+"""The checkpoint: the hand-off from `train` to `compress`. JSON and safetensors only, never pickle.
+
+CKPT/
+  checkpoint.json       schema version, base model reference and fingerprint, config, resolved names, labels
+  trained.safetensors   every trained tensor (LoRA factors, gate log_alphas, quantizer ranges, head)
+  summary.json          training summary (validation metrics with deterministic gates, ranks, widths, BOPs)
+  validation.jsonl      a few validation examples, used by `compress` to verify the export
+  tokenizer files
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import atomic_directory
+from .base_model import fingerprint, load_base_model
+from .bops import MacProfile
+from .config import BLoRAConfig, ConfigError
+from .inject import Injection, inject
+
+SCHEMA_VERSION = 1
+META_FILE = "checkpoint.json"
+WEIGHTS_FILE = "trained.safetensors"
+SUMMARY_FILE = "summary.json"
+VALIDATION_FILE = "validation.jsonl"
+TRAINED_MARKERS = ("lora_", "rank_log_alpha", "_quantizer.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says what is wrong and what to do."""
+
+
+@dataclass
+class CheckpointMeta:
+    base_model: str
+    base_fingerprint: str
+    blora: dict[str, Any]
+    adapted: list[str]
+    quantized: list[str]
+    embeddings: list[str]
+    head: list[str]
+    labels: list[str]
+    mac_profile: dict[str, Any]
+    task: str = "classification"
+    problem_type: str = "single_label_classification"
+    max_seq_length: int = 128
+    base_revision: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the training options, for the record
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def config(self) -> BLoRAConfig:
+        return BLoRAConfig.from_dict(self.blora)
+
+    @property
+    def profile(self) -> MacProfile:
+        return MacProfile.from_dict(self.mac_profile)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+
+def is_trained_key(key: str, head: list[str]) -> bool:
+    return any(m in key for m in TRAINED_MARKERS) or any(key.startswith(h + ".") for h in head)
+
+
+def trained_state(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
+    """Everything a checkpoint stores: adapters, gates, quantizer ranges and flags, and the head."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if is_trained_key(k, head)}
+
+
+def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: CheckpointMeta, tokenizer=None,
+                    summary: dict | None = None, validation: list[dict] | None = None,
+                    overwrite: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        save_file(trained_state(model, meta.head), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True), encoding="utf-8")
+        if summary is not None:
+            (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+        if validation:
+            lines = [json.dumps(ex, sort_keys=True, ensure_ascii=False) for ex in validation]
+            (tmp / VALIDATION_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return Path(out_dir)
+
+
+def read_meta(ckpt: str | Path) -> CheckpointMeta:
+    path = Path(ckpt) / META_FILE
+    if not Path(ckpt).is_dir():
+        raise CheckpointError(f"checkpoint directory {ckpt} does not exist; pass the --output-dir of a train run")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {ckpt} is not a complete blora-export checkpoint")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged, train it again") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a JSON object; the checkpoint is damaged, train it again")
+    version = raw.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise CheckpointError(f"{path} has schema version {version!r}; this blora-export reads version "
+                              f"{SCHEMA_VERSION}: upgrade blora-export or re-train")
+    try:
+        meta = CheckpointMeta(**raw)
+        meta.config  # validates the B-LoRA config
+        meta.profile
+    except (TypeError, KeyError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{path} has invalid fields ({e}); the checkpoint is damaged, train it again") from None
+    return meta
+
+
+def read_tensors(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(ckpt) / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; {ckpt} is not a complete blora-export checkpoint")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupted ({e}); re-train or restore the file") from None
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {key} holds NaN or inf; the training run diverged")
+    return tensors
+
+
+def build_model(meta: CheckpointMeta, base: nn.Module | None = None,
+                trust_remote_code: bool = False) -> tuple[nn.Module, Injection]:
+    """The base model with the checkpoint's exact injection (names from the checkpoint, never re-resolved)."""
+    if base is None:
+        base = load_base_model(meta.base_model, len(meta.labels), meta.id2label, meta.problem_type,
+                               trust_remote_code=trust_remote_code)
+    found = fingerprint(base, tuple(meta.head))
+    if found != meta.base_fingerprint:
+        raise CheckpointError(f"base model {meta.base_model} does not match the one this checkpoint was trained on "
+                              f"(weights fingerprint {found[:12]} != {meta.base_fingerprint[:12]})")
+    injection = inject(base, meta.config, adapted=meta.adapted)
+    if injection.quantized != meta.quantized or injection.embeddings != meta.embeddings:
+        raise CheckpointError(f"base model {meta.base_model} has other modules than the checkpoint expects")
+    return base, injection
+
+
+def load_checkpoint(ckpt: str | Path, base: nn.Module | None = None,
+                    trust_remote_code: bool = False) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the trained model strictly: every trained tensor present, with the right shape, nothing extra."""
+    meta = read_meta(ckpt)
+    tensors = read_tensors(ckpt)
+    model, _ = build_model(meta, base, trust_remote_code)
+    expected = {k: v for k, v in model.state_dict().items() if is_trained_key(k, meta.head)}
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{ckpt}: tensors do not match the model (missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}); the checkpoint belongs to another model or config")
+    for key, t in tensors.items():
+        if t.shape != expected[key].shape or t.dtype != expected[key].dtype:
+            raise CheckpointError(f"{ckpt}: tensor {key} has shape {tuple(t.shape)} {t.dtype}, expected "
+                                  f"{tuple(expected[key].shape)} {expected[key].dtype}")
+    model.load_state_dict(tensors, strict=False)
+    model.eval()
+    return model, meta
+
+
+def read_validation(ckpt: str | Path) -> list[dict]:
+    path = Path(ckpt) / VALIDATION_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

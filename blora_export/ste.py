@@ -1,0 +1,44 @@
+"""Straight-through primitives and THE quantize function shared by training, evaluation and export."""
+
+from __future__ import annotations
+
+import torch
+
+WIDTHS = (2, 4, 8, 16, 32)
+FLOAT_BITS = 32  # 32 bits means "keep the float value": no grid, no clipping
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def clamp_range(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Clamp with gradients flowing to the bounds where x is clipped (PACT-style)."""
+    return torch.minimum(torch.maximum(x, low), high)
+
+
+def code_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer code range: restricted symmetric when signed, [0, 2^b - 1] when unsigned."""
+    if signed:
+        top = 2 ** (bits - 1) - 1
+        return -top, top
+    return 0, 2**bits - 1
+
+
+def step_size(range_width: torch.Tensor, bits: int) -> torch.Tensor:
+    """s_b = R / (2^b - 1), where R = 2*beta (signed) or beta (unsigned)."""
+    return range_width / (2**bits - 1)
+
+
+def quantize_codes(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """q = clamp(round_half_even(x / s), qmin, qmax); straight-through in the backward pass."""
+    qmin, qmax = code_range(bits, signed)
+    return torch.clamp(round_ste(x / scale), qmin, qmax)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """x_hat = q * s; bits == 32 returns x unchanged."""
+    if bits >= FLOAT_BITS:
+        return x
+    return quantize_codes(x, scale, bits, signed) * scale
