@@ -112,8 +112,8 @@ def read_meta(ckpt: str | Path) -> CheckpointMeta:
                               f"{SCHEMA_VERSION}: upgrade blora-export or re-train")
     try:
         meta = CheckpointMeta(**raw)
-        meta.config  # validates the B-LoRA config
-        meta.profile
+        meta.config.validate()
+        MacProfile.from_dict(meta.mac_profile)
     except (TypeError, KeyError, ValueError, ConfigError) as e:
         raise CheckpointError(f"{path} has invalid fields ({e}); the checkpoint is damaged, train it again") from None
     return meta

@@ -22,7 +22,7 @@ def _check_widths(name: str, widths: tuple[int, ...], universe: tuple[int, ...])
     if not widths or any(b not in universe for b in widths):
         raise ConfigError(f"{name} must be a non-empty subset of {list(universe)}, got {list(widths)}")
     ordered = sorted(widths)
-    if any(b2 != 2 * b1 for b1, b2 in zip(ordered, ordered[1:])):
+    if any(b2 != 2 * b1 for b1, b2 in zip(ordered, ordered[1:], strict=False)):
         raise ConfigError(f"{name} must be consecutive doublings (e.g. 4,8,16,32), got {ordered}")
 
 

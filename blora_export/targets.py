@@ -22,8 +22,9 @@ REGISTRY: dict[str, ModelFamily] = {
     "roberta": ModelFamily(_BERT_LIKE.encoder_pattern, _BERT_LIKE.qkv, ("classifier",)),
     "deberta-v2": ModelFamily(_BERT_LIKE.encoder_pattern, ("attention.self.query_proj", "attention.self.key_proj",
                                                            "attention.self.value_proj"), ("pooler", "classifier")),
-    "distilbert": ModelFamily(r"(^|\.)transformer\.layer\.\d+\.", ("attention.q_lin", "attention.k_lin",
-                                                                   "attention.v_lin"), ("pre_classifier", "classifier")),
+    "distilbert": ModelFamily(r"(^|\.)transformer\.layer\.\d+\.",
+                              ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+                              ("pre_classifier", "classifier")),
 }
 
 
@@ -60,7 +61,8 @@ def resolve_targets(model: nn.Module, targets: str | list[str] | tuple[str, ...]
     if targets == "all-linear":
         chosen = linears
     else:
-        suffixes = family_of(model).qkv if targets == "qkv" else tuple([targets] if isinstance(targets, str) else targets)
+        explicit = (targets,) if isinstance(targets, str) else tuple(targets)
+        suffixes = family_of(model).qkv if targets == "qkv" else explicit
         chosen = [n for n in linears if any(n == s or n.endswith("." + s) for s in suffixes)]
     if not chosen:
         raise TargetError(f"LoRA targets {targets!r} match no Linear in the encoder; "
