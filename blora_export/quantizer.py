@@ -68,6 +68,13 @@ class BayesianBitsQuantizer(nn.Module):
         """The deterministic width: the minimum doubled once per consecutive open gate."""
         return self.min_bits * 2 ** gates.nested_open_count(self.log_alpha.detach())
 
+    @torch.no_grad()
+    def set_width(self, bits: int, strength: float = gates.INIT_OPEN) -> None:
+        """Set the gates so that the deterministic width is `bits` (log_alpha = +/- strength)."""
+        if not self.min_bits <= bits <= self.max_bits:
+            raise ValueError(f"width {bits} is outside this quantizer's range {self.min_bits}..{self.max_bits}")
+        self.log_alpha.copy_(torch.tensor([strength if b <= bits else -strength for b in self.levels]))
+
     def expected_bits(self) -> torch.Tensor:
         """E[width] under the gates' P(z > 0): differentiable (constant when widths are fixed)."""
         if not self.learn or not self.levels:

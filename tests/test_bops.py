@@ -31,9 +31,8 @@ def test_bops_of_tiny_bert_by_hand(tiny_bert_dir):
     chosen = {"bert.encoder.layer.0.attention.self.query": (2, 8), "bert.encoder.layer.0.output.dense": (16, 4)}
     for name, m in layers.items():
         w, a = chosen.get(name, (8, 8))
-        with torch.no_grad():
-            m.weight_quantizer.log_alpha.copy_(torch.tensor([5.0 if b <= w else -5.0 for b in m.weight_quantizer.levels]))
-            m.input_quantizer.log_alpha.copy_(torch.tensor([5.0 if b <= a else -5.0 for b in m.input_quantizer.levels]))
+        m.weight_quantizer.set_width(w)
+        m.input_quantizer.set_width(a)
     widths = gated_model.deterministic_widths(model)
     assert widths["bert.encoder.layer.0.attention.self.query"] == (2, 8)
     got = gated_model.deterministic_bops(model, p)
