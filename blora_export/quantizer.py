@@ -120,6 +120,8 @@ class BayesianBitsQuantizer(nn.Module):
         mask = torch.cumprod(z, 0)
         out = previous = self.grid(x, self.min_bits)
         for i, bits in enumerate(self.levels):
+            if not bool(mask[i] > 0):
+                break  # an exactly-closed gate: higher residuals are multiplied by 0 and carry no gradient
             current = self.grid(x, bits)
             out = out + mask[i] * (current - previous)
             previous = current
