@@ -13,7 +13,8 @@ from torch import nn
 
 from . import gates
 from .config import QuantizerSpec
-from .ste import FLOAT_BITS, WIDTHS, clamp_range, fake_quantize, step_size
+from .residual_quant import bounds, grid, residual_fake_quantize
+from .ste import FLOAT_BITS, WIDTHS, step_size
 
 
 class BayesianBitsQuantizer(nn.Module):
@@ -90,19 +91,16 @@ class BayesianBitsQuantizer(nn.Module):
         return gates.chain_regularizer(self.log_alpha, weights)
 
     # ---- forward --------------------------------------------------------------------------
+    def positive_beta(self) -> torch.Tensor:
+        return self.beta.abs() + 1e-12
+
     def range_bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(low, high, R): [-beta, beta] with R = 2 beta when signed, [0, beta] with R = beta otherwise."""
-        beta = self.beta.abs() + 1e-12
-        if bool(self.signed):
-            return -beta, beta, 2 * beta
-        return torch.zeros_like(beta), beta, beta
+        return bounds(self.positive_beta(), bool(self.signed))
 
     def grid(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         """x on the b-bit grid of the learned range (bits == 32: x unchanged)."""
-        if bits >= FLOAT_BITS:
-            return x
-        low, high, width = self.range_bounds()
-        return fake_quantize(clamp_range(x, low, high), step_size(width, bits), bits, bool(self.signed))
+        return grid(x, self.positive_beta(), bits, bool(self.signed))
 
     def scale(self, bits: int) -> torch.Tensor:
         """Step size s_b of the learned range at width b (what export writes as the Q/DQ scale)."""
@@ -115,14 +113,13 @@ class BayesianBitsQuantizer(nn.Module):
         if self.is_identity:
             return x
         if not (self.training and self.learn):
-            return self.grid(x, self.effective_bits())
-        z = gates.sample(self.log_alpha)
-        mask = torch.cumprod(z, 0)
-        out = previous = self.grid(x, self.min_bits)
-        for i, bits in enumerate(self.levels):
-            if not bool(mask[i] > 0):
-                break  # an exactly-closed gate: higher residuals are multiplied by 0 and carry no gradient
-            current = self.grid(x, bits)
-            out = out + mask[i] * (current - previous)
-            previous = current
-        return out
+            bits, mask = (self.effective_bits(),), self.log_alpha.new_zeros(0)
+        else:
+            mask = torch.cumprod(gates.sample(self.log_alpha), 0)
+            # An exactly-closed gate zeroes every higher residual and carries no gradient: stop there.
+            closed = (mask == 0).nonzero()
+            n = int(closed[0, 0]) if len(closed) else len(self.levels)
+            bits, mask = (self.min_bits, *self.levels[:n]), mask[:n]
+        if bits == (FLOAT_BITS,):
+            return x
+        return residual_fake_quantize(x, self.positive_beta(), mask, bits, bool(self.signed))
