@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -17,9 +19,32 @@ INIT_OPEN = 6.0
 INIT_CLOSED = -6.0
 
 
+_generator: torch.Generator | None = None
+
+
+@contextlib.contextmanager
+def sampling_generator(generator: torch.Generator | None) -> Iterator[None]:
+    """Draw gate samples from `generator` inside the block (default: torch's global generator).
+
+    Distributed training seeds one identically on every rank, so all ranks sample the same gates
+    while dropout (global generator) still differs per rank.
+    """
+    global _generator
+    previous, _generator = _generator, generator
+    try:
+        yield
+    finally:
+        _generator = previous
+
+
 def sample(log_alpha: torch.Tensor) -> torch.Tensor:
     """One stochastic training sample per element of log_alpha, in [0, 1] with exact 0/1 mass."""
-    u = torch.rand_like(log_alpha).clamp(1e-6, 1.0 - 1e-6)
+    if _generator is None:
+        u = torch.rand_like(log_alpha)
+    else:
+        u = torch.rand(log_alpha.shape, generator=_generator, dtype=log_alpha.dtype, device=_generator.device)
+        u = u.to(log_alpha.device)
+    u = u.clamp(1e-6, 1.0 - 1e-6)
     s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / TEMPERATURE)
     return torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 

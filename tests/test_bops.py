@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from blora_export import gated_model
 from blora_export.base_model import load_base_model

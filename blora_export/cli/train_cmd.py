@@ -1,0 +1,188 @@
+"""`blora-export train`: build a TrainConfig from the flags (and --config FILE), call train.run.
+
+Kept free of torch imports so `blora-export --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ..errors import UserError, user_errors
+from . import main
+
+BLORA_DEFAULTS = "default: BLoRAConfig's"
+
+
+def _bits(value) -> tuple[int, ...] | None:
+    """'2,4,8' (flag) or [2, 4, 8] (config file) -> (2, 4, 8)."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(int(str(p).strip()) for p in parts if str(p).strip())
+    except ValueError:
+        raise UserError(f"widths must be comma-separated integers such as 2,4,8,16,32, got {value!r}") from None
+
+
+def _bits_callback(_ctx, _param, value):
+    return _bits(value)
+
+
+@main.command("train", context_settings={"show_default": True})
+# model and task
+@click.option("--model", help="Hugging Face model name or local directory (AutoModelForSequenceClassification; "
+                              "a fresh classification head is added). Required (here or in --config).")
+@click.option("--task", help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or 'classification' "
+                             "for any labelled text file. Required (here or in --config).")
+@click.option("--output-dir", help="Checkpoint directory to write (atomically). Required (here or in --config).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub repository to run.")
+# data
+@click.option("--data-dir", type=click.Path(), help="Directory in the GLUE layout (train.tsv, dev.tsv; MNLI: "
+              "dev_matched.tsv). For 'classification': train.* and dev.* (tsv/csv/json/jsonl).")
+@click.option("--train-file", type=click.Path(), help="Training file (.csv, .tsv, .json, .jsonl).")
+@click.option("--validation-file", type=click.Path(), help="Validation file (.csv, .tsv, .json, .jsonl).")
+@click.option("--text-column", help="Column of the (first) text. Default: the task's, or 'text'/'sentence'.")
+@click.option("--text-pair-column", help="Column of the second text of a sentence-pair task.")
+@click.option("--label-column", help="Column of the label (strings or integers). Default: the task's, or 'label'.")
+@click.option("--max-train-samples", type=int, help="Use only the first N training examples.")
+@click.option("--max-eval-samples", type=int, help="Use only the first N validation examples.")
+@click.option("--max-seq-length", type=int, default=128, help="Truncate token sequences to this length.")
+# method
+@click.option("--method", default="blora", help="blora (learned ranks and widths), lora (fp32 LoRA baseline) or "
+                                                 "qat (fixed --w-bits/--a-bits quantization-aware LoRA).")
+@click.option("--w-bits", type=int, default=8, help="qat: weight width.")
+@click.option("--a-bits", type=int, default=8, help="qat: activation width.")
+@click.option("--max-rank", type=int, help=f"LoRA rank r_max ({BLORA_DEFAULTS}: 8).")
+@click.option("--lora-alpha", type=float, help=f"LoRA scaling alpha (W += alpha/r B A; {BLORA_DEFAULTS}: 16).")
+@click.option("--lora-targets", default="qkv", help="Adapted modules: qkv, all-linear, or comma-separated module "
+                                                     "names (exact or dotted suffixes).")
+@click.option("--bops-weight", type=float, help=f"mu, strength of the BOP-weighted width penalty "
+                                                f"({BLORA_DEFAULTS}: 0.05).")
+@click.option("--rank-weight", type=float, help=f"lambda_r, strength of the nested rank penalty "
+                                                f"({BLORA_DEFAULTS}: 0.01).")
+@click.option("--weight-bits", callback=_bits_callback, help="blora: allowed weight widths, e.g. 2,4,8,16,32 "
+                                                             f"({BLORA_DEFAULTS}: all).")
+@click.option("--act-bits", callback=_bits_callback, help="blora: allowed activation widths, e.g. 4,8,16,32 "
+                                                          f"({BLORA_DEFAULTS}: all).")
+@click.option("--init-weight-bits", type=int, help=f"blora: initial weight width ({BLORA_DEFAULTS}: 8).")
+@click.option("--init-act-bits", type=int, help=f"blora: initial activation width ({BLORA_DEFAULTS}: 8).")
+@click.option("--embedding-bits", type=int, help=f"Embedding-table width: 4, 8 or 32 ({BLORA_DEFAULTS}: 8; "
+                                                 "lora keeps 32).")
+@click.option("--gate-init", type=float, help="Initial log_alpha of gates that start open; closed ones start at "
+                                              f"minus it ({BLORA_DEFAULTS}: 3).")
+@click.option("--per-tensor-weights", is_flag=True, help="One weight range per tensor instead of per output channel.")
+@click.option("--bops-seq-len", type=int, help=f"Sequence length T at which MACs and BOPs are counted "
+                                               f"({BLORA_DEFAULTS}: 128).")
+# optimisation
+@click.option("--epochs", type=float, default=3.0, help="Training epochs (ignored when --max-steps is given).")
+@click.option("--max-steps", type=int, help="Training steps (overrides --epochs).")
+@click.option("--batch-size", type=int, default=32, help="Global batch size (split across processes).")
+@click.option("--eval-batch-size", type=int, default=64, help="Validation batch size.")
+@click.option("--lr", type=float, default=5e-4, help="Learning rate of LoRA factors and the head.")
+@click.option("--gate-lr", type=float, default=5e-2, help="Learning rate of the gates' log_alpha (Adam moves a gate "
+              "about this much per step).")
+@click.option("--range-lr", type=float, default=1e-3, help="Learning rate of the quantizer ranges (beta).")
+@click.option("--weight-decay", type=float, default=0.01, help="AdamW weight decay (LoRA factors and head only).")
+@click.option("--max-grad-norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
+@click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps (overrides --warmup-ratio).")
+@click.option("--warmup-ratio", type=float, default=0.06, help="Warm-up as a fraction of all steps.")
+@click.option("--regularizer-warmup-steps", type=int, default=0,
+              help="Keep the gate regularizer off for these first steps, so adapters learn (and the task "
+                   "starts defending gates) before the penalty pushes gates shut.")
+@click.option("--fixed-gate-steps", type=int, default=0, help="blora: extra steps at the end with the gates frozen "
+              "at their test-time values (phase 2), so training ends on the exported graph.")
+@click.option("--calibration-batches", type=int, default=8, help="Training batches used to set activation ranges.")
+@click.option("--seed", type=int, default=42, help="Random seed (initialisation, data order, gate samples).")
+# bookkeeping
+@click.option("--eval-steps", type=int, help="Evaluate every N steps (default: once per epoch) and at the end.")
+@click.option("--save-steps", type=int, default=500, help="Save resume state every N steps.")
+@click.option("--logging-steps", type=int, default=10, help="Write a metrics.jsonl line every N steps.")
+@click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda. CUDA trains under bf16 "
+                                               "autocast.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest state (OUTPUT_DIR.state).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint or interrupted run's state.")
+@click.option("--config", "config_file", type=click.Path(), help="JSON file of options (same names, - or _); "
+                                                                "flags given on the command line override it.")
+@click.pass_context
+def train_command(ctx: click.Context, **params) -> None:
+    """Fine-tune MODEL on TASK with B-LoRA (or a baseline) and write a checkpoint for `compress`.
+
+    \b
+    Examples:
+      blora-export train --model bert-base-uncased --task sst2 --data-dir glue/SST-2 --output-dir ckpt
+      blora-export train --model DIR --task classification --train-file train.csv \\
+          --validation-file dev.csv --text-column review --label-column stars --output-dir ckpt
+      torchrun --nproc_per_node 2 $(which blora-export) train ...   (data parallel)
+    """
+    from blora_export.atomic import OutputExistsError
+    from blora_export.checkpoint import CheckpointError
+    from blora_export.config import ConfigError
+    from blora_export.targets import TargetError
+    from train import TrainConfig, TrainError, run
+
+    params = merge_config_file(ctx, params)
+    missing = [f"--{name.replace('_', '-')}" for name in ("model", "task", "output_dir") if not params.get(name)]
+    if missing:
+        raise UserError(f"missing required option(s) {', '.join(missing)} (on the command line or in --config)")
+
+    @user_errors(TrainError, ConfigError, TargetError, CheckpointError, OutputExistsError, PermissionError)
+    def _train() -> None:
+        summary = run(TrainConfig(**params))
+        if summary:
+            click.echo(f"checkpoint written to {params['output_dir']}")
+
+    try:
+        _train()
+    except KeyboardInterrupt:
+        if (ctx.find_root().obj or {}).get("debug"):
+            raise
+        interrupted(TrainConfig(**params))
+
+
+def interrupted(cfg) -> None:
+    """Ctrl-C / SIGINT: one line saying whether and how the run can be resumed; exit status 130."""
+    from train.state import snapshot_step
+
+    step = snapshot_step(cfg.state_dir)
+    if step is None:
+        message = ("interrupted before the first resume snapshot (saved every --save-steps); nothing to resume: "
+                   "run the same command again to start over")
+    else:
+        message = (f"interrupted; the run's state at step {step} is in {cfg.state_dir}: run the same command with "
+                   "--resume to continue")
+    click.echo(f"\nInterrupted: {message}", err=True)
+    ctx = click.get_current_context()
+    ctx.exit(130)
+
+
+def merge_config_file(ctx: click.Context, params: dict) -> dict:
+    """Options from --config FILE, except those given explicitly on the command line (or by environment)."""
+    path = params.get("config_file")
+    if not path:
+        return params
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read --config {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold a JSON object of option names and values")
+    by_name = {p.name: p for p in ctx.command.params}
+    merged = dict(params)
+    for key, value in data.items():
+        name = key.lstrip("-").replace("-", "_")
+        if name not in by_name or name == "config_file":
+            raise UserError(f"--config {path}: unknown option {key!r}")
+        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue  # an explicit flag beats the file
+        if name in ("weight_bits", "act_bits"):
+            merged[name] = _bits(value)
+            continue
+        try:
+            merged[name] = None if value is None else by_name[name].type_cast_value(ctx, value)
+        except click.BadParameter as e:
+            raise UserError(f"--config {path}: {key}: {e.format_message()}") from None
+    return merged

@@ -1,0 +1,155 @@
+"""Pure pieces of the training stage: options, schedules, data order, sharding, optimizer-state round trip,
+phase-2 gate freezing and the shared gate generator."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from blora_export import gates
+from blora_export.cli import main
+from blora_export.config import BLoRAConfig, ConfigError
+from blora_export.inject import inject, wrapped_linears
+from blora_export.testing import make_tiny_model
+from train.batching import Schedule, epoch_order, shard
+from train.errors import TrainError
+from train.optim import build_optimizer, freeze_gates, param_groups
+from train.options import TrainConfig
+from train.schedules import lr_factor, regularizer_factor
+from train.state import flatten_optimizer, unflatten_optimizer
+
+
+def _cfg(**kw):
+    return TrainConfig(model="m", task="sst2", output_dir="out", **kw)
+
+
+def test_options_json_round_trip_and_blora_mapping():
+    cfg = _cfg(method="qat", w_bits=4, a_bits=8, lora_targets="query,value", weight_bits=(4, 8, 16), max_rank=4)
+    again = TrainConfig.from_json(cfg.to_json())
+    assert again == cfg
+    blora = cfg.blora_config()
+    assert blora.targets == ["query", "value"] and blora.qat_w_bits == 4 and blora.max_rank == 4
+    assert blora.weight_spec().allowed == (4,)
+    assert _cfg().blora_config() == BLoRAConfig()  # unset knobs are BLoRAConfig's defaults
+    assert _cfg(per_tensor_weights=True).blora_config().per_channel_weights is False
+    with pytest.raises(TrainError, match="unknown training options"):
+        TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ConfigError):
+        _cfg(init_weight_bits=3).validate()
+    with pytest.raises(TrainError, match="--fixed-gate-steps"):
+        _cfg(method="lora", fixed_gate_steps=2).validate()
+    assert "device" not in cfg.resume_key() and "max_steps" in cfg.resume_key()
+
+
+def test_help_states_blora_defaults_truthfully():
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    defaults = BLoRAConfig()
+    for flag, value in (("--max-rank", defaults.max_rank), ("--init-weight-bits", defaults.init_weight_bits),
+                        ("--init-act-bits", defaults.init_act_bits), ("--embedding-bits", defaults.embedding_bits),
+                        ("--bops-seq-len", defaults.seq_len), ("--lora-alpha", f"{defaults.lora_alpha:g}"),
+                        ("--bops-weight", f"{defaults.bops_weight:g}"), ("--rank-weight", f"{defaults.rank_weight:g}"),
+                        ("--gate-init", f"{defaults.gate_init:g}")):
+        described = re.search(re.escape(flag) + r" \S+ (.*?)(?= --|$)", text).group(1)
+        assert f"BLoRAConfig's: {value}" in described, (flag, described)
+
+
+def test_lr_and_regularizer_schedules():
+    assert [round(lr_factor(s, 3, 10), 4) for s in range(10)] == [0.25, 0.5, 0.75, 1.0, 0.8571, 0.7143, 0.5714,
+                                                                 0.4286, 0.2857, 0.1429]
+    assert lr_factor(0, 0, 5) == 1.0
+    assert [regularizer_factor(s, 4) for s in (0, 3, 4, 9)] == [0.0, 0.0, 1.0, 1.0]
+    assert regularizer_factor(0, 0) == 1.0
+
+
+def test_data_order_is_a_pure_function_of_seed_and_epoch():
+    assert (epoch_order(1, 3, 50) == epoch_order(1, 3, 50)).all()
+    assert not (epoch_order(1, 3, 50) == epoch_order(1, 4, 50)).all()
+    sched = Schedule(n_examples=10, batch_size=4, seed=7)
+    assert sched.steps_per_epoch == 3
+    epoch = np.concatenate([sched.indices(s) for s in range(3)])
+    assert sorted(epoch.tolist()) == list(range(10))  # every example once per epoch
+    assert (sched.indices(4) == Schedule(10, 4, 7).indices(4)).all()
+    # With 3 processes, a last batch of 2 examples would leave one rank empty: it is dropped.
+    assert Schedule(10, 4, 7, min_batch=3).steps_per_epoch == 2
+    assert sched.steps_for(1.5) == 5
+
+
+def test_shards_partition_the_global_batch():
+    batch = {"input_ids": torch.arange(7 * 3).view(7, 3), "labels": torch.arange(7)}
+    parts = [shard(batch, r, 3) for r in range(3)]
+    assert torch.cat([p["labels"] for p in parts]).tolist() == list(range(7))
+    assert all(p["input_ids"].shape[1] == 3 for p in parts)
+
+
+def test_optimizer_state_round_trips_through_tensors_and_json():
+    import json
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    opt = torch.optim.AdamW([{"params": params[:1], "lr": 0.1, "name": "a"}, {"params": params[1:], "lr": 0.01}])
+    for _ in range(2):
+        opt.zero_grad()
+        sum((p**2).sum() for p in params).backward()
+        opt.step()
+    tensors, skeleton = flatten_optimizer(opt.state_dict())
+    skeleton = json.loads(json.dumps(skeleton))  # really JSON
+    restored_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt2 = torch.optim.AdamW([{"params": restored_params[:1], "lr": 0.1}, {"params": restored_params[1:]}])
+    opt2.load_state_dict(unflatten_optimizer(tensors, skeleton))
+    for o, ps in ((opt, params), (opt2, restored_params)):
+        o.zero_grad()
+        sum((p**2).sum() for p in ps).backward()
+        o.step()
+    for a, b in zip(params, restored_params, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def injected(tmp_path_factory):
+    from blora_export.base_model import load_base_model
+
+    model = load_base_model(str(make_tiny_model(tmp_path_factory.mktemp("m"))), 2)
+    inject(model, BLoRAConfig(max_rank=4, gate_init=1.0))
+    return model
+
+
+def test_param_groups_split_weights_gates_ranges(injected):
+    groups = {g["name"]: g for g in param_groups(injected, _cfg(lr=1e-3, gate_lr=0.2, range_lr=1e-4))}
+    assert set(groups) == {"weights", "gates", "ranges"}
+    assert groups["gates"]["lr"] == 0.2 and groups["gates"]["weight_decay"] == 0.0
+    assert groups["ranges"]["lr"] == 1e-4 and groups["ranges"]["weight_decay"] == 0.0
+    assert groups["weights"]["weight_decay"] == 0.01
+    n_trainable = sum(p.requires_grad for p in injected.parameters())
+    assert sum(len(g["params"]) for g in groups.values()) == n_trainable
+    assert isinstance(build_optimizer(injected, _cfg()), torch.optim.AdamW)
+
+
+def test_frozen_gates_sample_their_test_time_values(injected):
+    layer = next(m for m in wrapped_linears(injected).values() if m.max_rank)
+    with torch.no_grad():
+        layer.rank_log_alpha.copy_(torch.tensor([2.0, -0.5, -1.5]))
+    freeze_gates(injected)
+    assert not layer.rank_log_alpha.requires_grad and not layer.weight_quantizer.log_alpha.requires_grad
+    layer.train()
+    for _ in range(50):  # training-mode samples now equal the deterministic mask exactly
+        assert layer.rank_mask().tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert layer.deterministic_rank() == 3
+    assert freeze_gates(injected) == 0  # idempotent: nothing left to freeze
+
+
+def test_gate_generator_gives_identical_samples_and_default_is_unchanged():
+    la = torch.zeros(1000)
+    draws = []
+    for _ in range(2):
+        g = torch.Generator().manual_seed(5)
+        torch.manual_seed(123)  # the global generator must not matter inside the block
+        with gates.sampling_generator(g):
+            draws.append(gates.sample(la))
+        torch.manual_seed(999)
+    assert torch.equal(draws[0], draws[1])
+    torch.manual_seed(3)
+    a = gates.sample(la)
+    torch.manual_seed(3)
+    assert torch.equal(a, gates.sample(la))  # outside the block: torch's global generator, as before

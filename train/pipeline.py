@@ -1,0 +1,233 @@
+"""`run(TrainConfig)`: data -> base model -> MAC profile and fingerprint -> inject -> calibrate -> train ->
+evaluate -> checkpoint. The one library function behind `blora-export train`.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from blora_export.atomic import OutputNotWritableError, check_writable
+from blora_export.base_model import fingerprint, is_local, load_base_model
+from blora_export.bops import profile_macs
+from blora_export.checkpoint import META_FILE, CheckpointMeta, is_trained_key, save_checkpoint
+from blora_export.gated_model import calibrate
+from blora_export.inject import inject
+from blora_export.targets import encoder_linears, head_modules, resolve_targets
+
+from . import data as data_module
+from . import distributed, loop, report
+from .batching import Schedule, collate, encode
+from .errors import TrainError
+from .evaluate import evaluate
+from .optim import build_optimizer, trainable
+from .options import TrainConfig
+from .runlog import LOG_FILE, RunLog
+from .schedules import warmup_steps
+from .state import SNAPSHOT, has_snapshot, load_snapshot, load_trained, restore_rng
+
+VALIDATION_EXAMPLES = 64
+MODEL_HINT = "pass --model a Hugging Face model name or a directory written by save_pretrained (config and tokenizer)"
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as configured and write the checkpoint (rank 0); returns the training summary."""
+    cfg.validate()
+    resume = check_output(cfg)
+    dist = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, dist, resume)
+    finally:
+        dist.close()
+
+
+def check_output(cfg: TrainConfig) -> bool:
+    """Refuse to clobber a checkpoint or an interrupted run by accident; returns whether to resume."""
+    out, root = Path(cfg.output_dir), cfg.state_dir
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--output-dir {out} is a file; pass a directory")
+    try:
+        check_writable(out)
+    except OutputNotWritableError as e:
+        raise TrainError(str(e)) from None
+    snapshot = has_snapshot(root)
+    if cfg.resume and not snapshot:
+        if (out / META_FILE).is_file():
+            raise TrainError(f"{out} is already a complete checkpoint: nothing to resume")
+        raise TrainError(f"no resume state in {root}: start without --resume (state is saved every --save-steps)")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        if (out / META_FILE).is_file():
+            raise TrainError(f"{out} already holds a complete checkpoint; pass --overwrite to replace it")
+        raise TrainError(f"{out} exists and is not a checkpoint; choose another --output-dir or pass --overwrite")
+    if snapshot and not (cfg.resume or cfg.overwrite):
+        raise TrainError(f"{root} holds the state of an interrupted run; pass --resume to continue it "
+                         "or --overwrite to start over")
+    return cfg.resume
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _load_model(cfg: TrainConfig, labels: list[str], problem_type: str) -> nn.Module:
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    try:
+        return load_base_model(cfg.model, len(labels), dict(enumerate(labels)), problem_type,
+                               trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"cannot load model {cfg.model!r}: {first}; {MODEL_HINT}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_tokenizer(cfg: TrainConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"cannot load a tokenizer for {cfg.model!r}: {first}; {MODEL_HINT}") from None
+
+
+def _max_positions(model: nn.Module) -> int | None:
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and config.model_type == "roberta":  # positions start after the padding index
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
+def _fit_lengths(cfg: TrainConfig, blora, model: nn.Module):
+    """Sequence lengths the model can take; the default BOP length T shrinks to a short model's limit."""
+    from blora_export.config import replace
+
+    limit = _max_positions(model)
+    if not limit:
+        return blora
+    if cfg.max_seq_length > limit:
+        raise TrainError(f"--max-seq-length {cfg.max_seq_length} exceeds the model's {limit} positions")
+    if blora.seq_len > limit:
+        if cfg.bops_seq_len is not None:
+            raise TrainError(f"--bops-seq-len {cfg.bops_seq_len} exceeds the model's {limit} positions")
+        return replace(blora, seq_len=limit)
+    return blora
+
+
+def _check_frozen(model: nn.Module, head: list[str]) -> None:
+    """DESIGN invariant: only adapters, gates, ranges and the head train."""
+    wrong = [n for n, _ in trainable(model) if not is_trained_key(n, head)]
+    if wrong:
+        raise RuntimeError(f"backbone parameters are trainable after inject: {wrong[:3]}")
+
+
+def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
+    dataset = data_module.load(cfg)
+    if len(dataset.train) < dist.world_size:
+        raise TrainError(f"{len(dataset.train)} training examples cannot be shared by {dist.world_size} processes")
+    tokenizer = _load_tokenizer(cfg)
+    train_data = encode(tokenizer, dataset.train, cfg.max_seq_length)
+    eval_data = encode(tokenizer, dataset.validation, cfg.max_seq_length)
+    model, blora, injection, profile, base_fingerprint = _prepare_model(cfg, dataset)
+    model.to(dist.device)
+
+    schedule = Schedule(len(train_data), cfg.batch_size, cfg.seed, min_batch=dist.world_size)
+    main_steps = cfg.max_steps or schedule.steps_for(cfg.epochs)
+    total = main_steps + cfg.fixed_gate_steps
+    data_record = {"n_train": len(train_data), "steps_per_epoch": schedule.steps_per_epoch,
+                   "order": "numpy default_rng([seed, epoch]).permutation(n_train)"}
+    snapshot = load_snapshot(cfg.state_dir) if resume else None
+    if snapshot is not None:
+        _check_snapshot(cfg, snapshot, data_record)
+        load_trained(model, injection.head, snapshot.tensors)
+    elif blora.method != "lora":  # lora's quantizers are identities: nothing to calibrate
+        batches = [{k: v.to(dist.device) for k, v in collate(tokenizer, train_data, schedule.indices(i),
+                                                              dataset.task.is_regression).items() if k != "labels"}
+                   for i in range(min(cfg.calibration_batches, schedule.steps_per_epoch))]
+        calibrate(model, batches)  # the same full batches on every rank: identical ranges
+    dist.broadcast([p for _, p in trainable(model)])
+
+    optimizer = build_optimizer(model, cfg)
+    if snapshot is not None:
+        optimizer.load_state_dict(snapshot.optimizer)
+        restore_rng(snapshot.rng)
+    log = RunLog(cfg.state_dir, dist.is_main)
+    if dist.is_main and snapshot is None:
+        shutil.rmtree(cfg.state_dir / SNAPSHOT, ignore_errors=True)  # --overwrite: the old run's state goes
+    log.start(snapshot.step if snapshot else None)
+    run_ = loop.Run(cfg, blora, model, injection.head, tokenizer, train_data, eval_data, dataset.task, profile,
+                    schedule, optimizer, dist, log, main_steps,
+                    warmup_steps(total, cfg.warmup_steps, cfg.warmup_ratio), data_record)
+    tic = time.perf_counter()
+    timing = loop.train(run_, snapshot.step if snapshot else 0)
+    timing.update(train_seconds=time.perf_counter() - tic, resumed_from_step=snapshot.step if snapshot else None)
+
+    result = {}
+    if dist.is_main:
+        meta = CheckpointMeta(
+            base_model=str(Path(cfg.model).resolve()) if is_local(cfg.model) else cfg.model,
+            base_fingerprint=base_fingerprint, blora=blora.to_dict(), adapted=injection.adapted,
+            quantized=injection.quantized, embeddings=injection.embeddings, head=injection.head,
+            labels=dataset.labels, mac_profile=profile.to_dict(), task=cfg.task,
+            problem_type=dataset.task.problem_type, max_seq_length=cfg.max_seq_length,
+            base_revision=getattr(model.config, "_commit_hash", None), options=cfg.to_dict())
+        result = _finish(run_, meta, dataset, timing)
+    dist.barrier()
+    return result
+
+
+def _prepare_model(cfg: TrainConfig, dataset):
+    """The base model, profiled and fingerprinted before inject changes it, then injected."""
+    _seed_everything(cfg.seed)  # the head's and lora_A's initialisation
+    model = _load_model(cfg, dataset.labels, dataset.task.problem_type)
+    blora = _fit_lengths(cfg, cfg.blora_config(), model)
+    base_fingerprint = fingerprint(model, tuple(head_modules(model)))
+    profile = profile_macs(model, blora.seq_len, encoder_linears(model), resolve_targets(model, blora.targets))
+    injection = inject(model, blora)
+    _check_frozen(model, injection.head)
+    return model, blora, injection, profile, base_fingerprint
+
+
+def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict:
+    """Rank 0: final evaluation with deterministic gates, the checkpoint (log included), the summary table."""
+    cfg, schedule, total = run_.cfg, run_.schedule, run_.total_steps
+    validation = evaluate(run_.model, run_.tokenizer, run_.eval_data, run_.task, cfg.eval_batch_size,
+                          run_.dist.device)
+    run_.log.append({"step": total, "epoch": round(schedule.epoch(total), 4), "eval": validation})
+    result = report.summary(run_.model, run_.profile, validation, {
+        "task": cfg.task, "method": cfg.method, "metric": run_.task.metric, "steps": total,
+        "epochs": round(schedule.epoch(total), 4), "train_seconds": timing["train_seconds"],
+        "seconds_per_step": timing["seconds_per_step"], "steps_this_session": timing["steps_run"],
+        "resumed_from_step": timing["resumed_from_step"], "world_size": run_.dist.world_size,
+        "device": str(run_.dist.device), "train_examples": len(run_.train_data),
+        "validation_examples": len(run_.eval_data), "skipped_rows": dataset.skipped})
+    save_checkpoint(cfg.output_dir, run_.model, meta, run_.tokenizer, result,
+                    [e.to_dict() for e in dataset.validation[:VALIDATION_EXAMPLES]],
+                    overwrite=Path(cfg.output_dir).exists(), extra_files={LOG_FILE: run_.log.text()})
+    shutil.rmtree(cfg.state_dir, ignore_errors=True)  # the run is complete: its working state goes
+    print(report.table(result), flush=True)
+    return result
+
+
+def _check_snapshot(cfg: TrainConfig, snapshot, data_record: dict) -> None:
+    mine = cfg.resume_key()
+    changed = sorted(k for k in set(mine) | set(snapshot.options) if mine.get(k) != snapshot.options.get(k))
+    if changed:
+        raise TrainError(f"--resume with other options than the interrupted run ({', '.join(changed)}); "
+                         "use the same options or pass --overwrite to start over")
+    if snapshot.data != data_record:
+        raise TrainError("--resume found other training data than the interrupted run had; "
+                         "use the same data or pass --overwrite to start over")
