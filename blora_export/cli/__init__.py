@@ -25,7 +25,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def _register() -> None:
     # Each command lives in its own module; importing them here keeps `import blora_export` cheap.
-    from . import compress_cmd, train_cmd  # noqa: F401
+    from . import audit_cmd, compress_cmd, eval_cmd, train_cmd  # noqa: F401
 
 
 _register()

@@ -27,9 +27,14 @@ from . import main
                    "validation.jsonl.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code of the base model.")
+@click.option("--peft-adapter", is_flag=True,
+              help="Also write the pruned fp32 adapter in PEFT's LoRA format to OUTPUT_DIR/peft_adapter/ "
+                   "(per-module ranks and alphas, head in modules_to_save): load it with "
+                   "peft.PeftModel.from_pretrained(base_model, 'OUTPUT_DIR/peft_adapter').")
 @user_errors(ValueError, RuntimeError, FileExistsError, OSError)
 def compress_cmd(ckpt: str, output_dir: str, profile: str, seq_len: int | None, opset: int | None, verify: bool,
-                 validation_file: str | None, overwrite: bool, trust_remote_code: bool) -> None:
+                 validation_file: str | None, overwrite: bool, trust_remote_code: bool,
+                 peft_adapter: bool = False) -> None:
     """Export the trained checkpoint CKPT to a quantized ONNX model in OUTPUT_DIR.
 
     Reads the learned ranks and widths once (the deterministic gates), prunes closed ranks, merges the adapters,
@@ -41,7 +46,7 @@ def compress_cmd(ckpt: str, output_dir: str, profile: str, seq_len: int | None, 
 
     options = CompressOptions(profile=profile, seq_len=seq_len, opset=opset, verify=verify,
                               overwrite=overwrite, validation_file=validation_file,
-                              trust_remote_code=trust_remote_code)
+                              trust_remote_code=trust_remote_code, peft_adapter=peft_adapter)
     result = compress(ckpt, output_dir, options, log=lambda msg: click.echo(msg, err=True))
     totals = result.audit["totals"]
     click.echo(f"wrote {result.out_dir}: BOPs -{100 * totals['whole_model']['reduction']:.1f}% whole model, "

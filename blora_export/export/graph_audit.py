@@ -365,7 +365,17 @@ class GraphAudit:
         return MacProfile(self.seq_len, linears, self.attention_macs, quantizable, adapted)
 
     def totals(self) -> dict:
-        return totals(self.mac_profile(), self.widths())
+        """bops.totals over the graph's Linears; activation-activation products (attention) are counted at the
+        widths the graph gives them (32 x 32 in this exporter's graphs, as training counts them; 8 x 8 where
+        e.g. onnxruntime's quantize_static quantized them)."""
+        out = totals(self.mac_profile(), self.widths())
+        quantized_attention = sum(bops(r.macs, r.weight.bits, r.act.bits) - bops(r.macs, FP32, FP32)
+                                  for r in self.products if r.kind == "attention")
+        if quantized_attention:
+            whole = out["whole_model"]
+            whole["bops"] += quantized_attention
+            whole["reduction"] = 1 - whole["bops"] / whole["bops_fp32"] if whole["bops_fp32"] else 0.0
+        return out
 
     def layer_rows(self) -> list[dict]:
         """One row per linear layer (calls summed) and per attention product, in graph order."""
@@ -390,6 +400,32 @@ class GraphAudit:
                          "rank": int(rank) if rank else None, "max_rank": int(max_rank) if max_rank else None,
                          "calls": len(recs), "bops": bops(macs, r.weight.bits, r.act.bits)})
         return rows
+
+
+def _module_path(node_name: str) -> str | None:
+    """'/bert/encoder/layer.0/attention/self/query/MatMul_quant' -> 'bert.encoder.layer.0.attention.self.query'
+    (torch.onnx names nodes after the module that ran them); None when the name has no module path."""
+    parts = [p for p in node_name.split("/") if p]
+    if not node_name.startswith("/") or len(parts) < 2:
+        return None
+    return ".".join(parts[:-1])
+
+
+def name_layers_by_module(audit: GraphAudit) -> None:
+    """Graphs from other tools carry no blora.module metadata, so their Linears are named after their weight
+    initializer (e.g. onnx::MatMul_376): rename them after the module path in the node names instead, where that
+    names each weight uniquely (for `blora-export audit`'s table)."""
+    foreign = [r for r in audit.products if r.kind == "linear" and "module" not in r.meta]
+    paths: dict[str, set[str]] = {}
+    for r in foreign:
+        path = _module_path(r.node)
+        if path is not None:
+            paths.setdefault(r.layer, set()).add(path)
+    chosen = {root: next(iter(p)) for root, p in paths.items() if len(p) == 1}
+    taken = list(chosen.values())
+    unique = {root: p for root, p in chosen.items() if taken.count(p) == 1}
+    for r in foreign:
+        r.layer = unique.get(r.layer, r.layer)
 
 
 def audit_graph(model_or_path, seq_len: int) -> GraphAudit:

@@ -1,0 +1,143 @@
+"""`blora-export eval`: the task metric of a compress output (onnxruntime), optionally next to its checkpoint's.
+
+The validation data are read by the training stage's own code (train.data.load_validation), tokenized the way
+deployment does (blora_export.runtime: truncation at the recorded max_length, padding per batch), and their
+labels mapped to the class ids of the label names recorded in OUT/deploy.json.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class EvalError(ValueError):
+    """Data or model that cannot be evaluated together; the message says what to fix."""
+
+
+@dataclass
+class EvalOptions:
+    task: str
+    data_dir: str | None = None
+    validation_file: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    max_eval_samples: int | None = None
+    batch_size: int = 32
+    ckpt: str | None = None
+    trust_remote_code: bool = False
+
+    def validate(self) -> EvalOptions:
+        if bool(self.data_dir) == bool(self.validation_file):
+            raise EvalError("pass the validation data as exactly one of --data-dir DIR or --validation-file FILE")
+        for path in (self.data_dir, self.validation_file):
+            if path and not Path(path).exists():
+                raise EvalError(f"data path {path} does not exist")
+        if self.batch_size < 1 or (self.max_eval_samples is not None and self.max_eval_samples < 1):
+            raise EvalError("--batch-size and --max-eval-samples must be >= 1")
+        return self
+
+
+def _label_map(task, model_labels: list[str], regression_model: bool, out_dir) -> np.ndarray | None:
+    """Data class id -> the model's class id (None: identity or regression); an EvalError when names are unknown."""
+    if task.is_regression != regression_model:
+        kind = "a regression" if task.is_regression else "a classification"
+        raise EvalError(f"task {task.name} is {kind} task but the model in {out_dir} is "
+                        f"{'a regression model' if regression_model else f'a classifier over {model_labels}'}")
+    if task.is_regression or list(task.labels) == list(model_labels):
+        return None
+    unknown = [name for name in task.labels if name not in model_labels]
+    if unknown:
+        raise EvalError(f"labels {unknown} of task {task.name} are unknown to the model in {out_dir} (its labels: "
+                        f"{model_labels}); pass the --task it was trained on")
+    return np.array([model_labels.index(name) for name in task.labels])
+
+
+def _report(logits: np.ndarray, labels: np.ndarray, task) -> dict[str, float]:
+    from train import metrics
+
+    return metrics.compute(task.metrics, logits, labels, task.is_regression)
+
+
+def evaluate_export(out_dir: str | Path, options: EvalOptions,
+                    log: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Metrics of OUT's ONNX model on the validation data (and of the checkpoint with options.ckpt)."""
+    from train import TrainConfig
+    from train.data import load_validation
+
+    from . import runtime
+
+    options.validate()
+    predictor = runtime.load(out_dir)
+    model_labels = predictor.labels
+    regression_model = predictor.deploy.get("problem_type") == "regression"
+    cfg = TrainConfig(model="", task=options.task, output_dir="", data_dir=options.data_dir,
+                      validation_file=options.validation_file, text_column=options.text_column,
+                      text_pair_column=options.text_pair_column, label_column=options.label_column,
+                      max_eval_samples=options.max_eval_samples)
+    task, examples = load_validation(cfg, None if regression_model else model_labels)
+    mapping = _label_map(task, model_labels, regression_model, out_dir)
+    labels = np.asarray([e.label for e in examples])
+    if mapping is not None:
+        labels = mapping[labels.astype(np.int64)]
+    log(f"{len(examples)} validation examples of task {task.name}")
+
+    batches = []
+    for start in range(0, len(examples), options.batch_size):
+        chunk = examples[start:start + options.batch_size]
+        pairs = [e.text_pair for e in chunk] if chunk[0].text_pair is not None else None
+        batches.append(predictor.encode([e.text for e in chunk], pairs))
+    started = time.perf_counter()
+    onnx_logits = np.concatenate([predictor.session.run(["logits"], b)[0] for b in batches])
+    elapsed = time.perf_counter() - started
+    n_out = 1 if regression_model else len(model_labels)
+    if onnx_logits.shape[-1] != n_out:
+        raise EvalError(f"the model in {out_dir} outputs {onnx_logits.shape[-1]} logits but deploy.json lists "
+                        f"{n_out} labels; re-run `blora-export compress`")
+    result = {"task": task.name, "metric": task.metric, "n_examples": len(examples),
+              "data": str(options.data_dir or options.validation_file), "model": str(out_dir),
+              "batch_size": options.batch_size,
+              "onnx": {**_report(onnx_logits, labels, task),
+                       "examples_per_second": len(examples) / elapsed if elapsed > 0 else None},
+              "torch": None, "agreement": None, "max_abs_logit_diff": None}
+    if options.ckpt:
+        from .checkpoint import load_checkpoint
+        from .export.verify import torch_logits
+
+        log(f"loading checkpoint {options.ckpt}")
+        model, meta = load_checkpoint(options.ckpt, trust_remote_code=options.trust_remote_code)
+        if list(meta.labels) != list(model_labels):
+            raise EvalError(f"checkpoint {options.ckpt} has labels {meta.labels} but {out_dir} has "
+                            f"{model_labels}; pass the checkpoint {out_dir} was compressed from")
+        ref = torch_logits(model.eval(), batches)
+        result["torch"] = _report(ref, labels, task)
+        result["max_abs_logit_diff"] = float(np.abs(ref - onnx_logits).max()) if len(ref) else 0.0
+        if not regression_model:
+            result["agreement"] = float((ref.argmax(-1) == onnx_logits.argmax(-1)).mean())
+    return result
+
+
+def format_result(result: dict) -> str:
+    def metrics(d: dict) -> str:
+        return ", ".join(f"{k} {v:.4f}" for k, v in d.items() if k != "examples_per_second")
+
+    lines = [f"{result['task']} on {result['n_examples']} examples of {result['data']} "
+             f"(metric: {result['metric']})",
+             f"onnxruntime ({result['model']}): {metrics(result['onnx'])}"]
+    speed = result["onnx"]["examples_per_second"]
+    if speed:
+        lines[-1] += f"; {speed:,.1f} examples/s (batch {result['batch_size']}, inference only)"
+    if result["torch"] is not None:
+        lines.append(f"pytorch checkpoint: {metrics(result['torch'])}")
+        if result["agreement"] is not None:
+            same = round(result["agreement"] * result["n_examples"])
+            lines.append(f"agreement: {100 * result['agreement']:.2f}% of predictions ({same}/{result['n_examples']})"
+                         f", max |logit difference| {result['max_abs_logit_diff']:.3g}")
+        else:
+            lines.append(f"max |prediction difference|: {result['max_abs_logit_diff']:.3g}")
+    return "\n".join(lines)
