@@ -14,6 +14,22 @@ class OutputExistsError(FileExistsError):
     pass
 
 
+class OutputNotWritableError(PermissionError):
+    pass
+
+
+def check_writable(target: str | Path) -> None:
+    """Fail early (before any work) when `target` cannot be created: its parent is a file, read-only, ..."""
+    parent = Path(target).resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{Path(target).name}.probe-", dir=parent)
+        os.rmdir(probe)
+    except OSError as e:
+        raise OutputNotWritableError(f"cannot write {target} ({e.strerror or e}); choose a writable --output-dir") \
+            from None
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces `target`.
@@ -23,7 +39,7 @@ def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Pa
     target = Path(target).resolve()
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp

@@ -5,6 +5,7 @@ CKPT/
   trained.safetensors   every trained tensor (LoRA factors, gate log_alphas, quantizer ranges, head)
   summary.json          training summary (validation metrics with deterministic gates, ranks, widths, BOPs)
   validation.jsonl      a few validation examples, used by `compress` to verify the export
+  metrics.jsonl         the training log (optional, written by `train`)
   tokenizer files
 """
 
@@ -78,7 +79,8 @@ def trained_state(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: CheckpointMeta, tokenizer=None,
                     summary: dict | None = None, validation: list[dict] | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, extra_files: dict[str, str] | None = None) -> Path:
+    """Write the checkpoint atomically; `extra_files` (name -> text, e.g. the training log) go in the same commit."""
     from safetensors.torch import save_file
 
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -91,13 +93,59 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: CheckpointMeta,
             (tmp / VALIDATION_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(out_dir)
+
+
+_FIELD_TYPES = {"base_model": str, "base_fingerprint": str, "blora": dict, "adapted": list, "quantized": list,
+                "embeddings": list, "head": list, "labels": list, "mac_profile": dict, "task": str,
+                "problem_type": str, "max_seq_length": int, "base_revision": (str, type(None)), "options": dict,
+                "schema_version": int}
+
+
+def _check_fields(meta: CheckpointMeta) -> None:
+    """JSON types of every field (a string where a list belongs would otherwise be read letter by letter)."""
+    for name, kind in _FIELD_TYPES.items():
+        value = getattr(meta, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{name} has type {type(value).__name__}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise TypeError(f"{name} must be a list of strings")
+    if not meta.base_model or not meta.labels or meta.max_seq_length < 1:
+        raise ValueError("base_model, labels and max_seq_length must be non-empty / positive")
+
+
+def check_contained(ckpt: str | Path) -> None:
+    """No file of the checkpoint may lead outside it (a symbolic link to elsewhere)."""
+    root = Path(ckpt).resolve()
+    for path in Path(ckpt).rglob("*"):
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise CheckpointError(f"{path} links outside the checkpoint directory {ckpt}; copy the real file in")
+
+
+def check_no_remote_code(ckpt: str | Path, trust_remote_code: bool) -> None:
+    """Refuse custom code (auto_map) shipped with a checkpoint's config or tokenizer unless explicitly trusted."""
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(ckpt) / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise CheckpointError(f"{path} asks to run custom code (auto_map); pass --trust-remote-code only if "
+                                  "you trust its author")
 
 
 def read_meta(ckpt: str | Path) -> CheckpointMeta:
     path = Path(ckpt) / META_FILE
     if not Path(ckpt).is_dir():
         raise CheckpointError(f"checkpoint directory {ckpt} does not exist; pass the --output-dir of a train run")
+    check_contained(ckpt)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; {ckpt} is not a complete blora-export checkpoint")
     try:
@@ -112,9 +160,10 @@ def read_meta(ckpt: str | Path) -> CheckpointMeta:
                               f"{SCHEMA_VERSION}: upgrade blora-export or re-train")
     try:
         meta = CheckpointMeta(**raw)
+        _check_fields(meta)
         meta.config.validate()
         MacProfile.from_dict(meta.mac_profile)
-    except (TypeError, KeyError, ValueError, ConfigError) as e:
+    except (TypeError, KeyError, ValueError, AttributeError, ConfigError) as e:
         raise CheckpointError(f"{path} has invalid fields ({e}); the checkpoint is damaged, train it again") from None
     return meta
 
@@ -140,8 +189,13 @@ def build_model(meta: CheckpointMeta, base: nn.Module | None = None,
                 trust_remote_code: bool = False) -> tuple[nn.Module, Injection]:
     """The base model with the checkpoint's exact injection (names from the checkpoint, never re-resolved)."""
     if base is None:
-        base = load_base_model(meta.base_model, len(meta.labels), meta.id2label, meta.problem_type,
-                               trust_remote_code=trust_remote_code)
+        try:
+            base = load_base_model(meta.base_model, len(meta.labels), meta.id2label, meta.problem_type,
+                                   trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise CheckpointError(f"cannot load the base model {meta.base_model!r} this checkpoint was trained on "
+                                  f"({first}); make it available at that name or path") from None
     found = fingerprint(base, tuple(meta.head))
     if found != meta.base_fingerprint:
         raise CheckpointError(f"base model {meta.base_model} does not match the one this checkpoint was trained on "
@@ -176,4 +230,9 @@ def read_validation(ckpt: str | Path) -> list[dict]:
     path = Path(ckpt) / VALIDATION_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON lines ({e}); pass --validation-file or --no-verify") \
+            from None
+    return [r for r in rows if isinstance(r, dict)]

@@ -66,10 +66,13 @@ class BLoRAConfig:
             raise ConfigError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.max_rank < 1:
             raise ConfigError(f"max rank must be >= 1, got {self.max_rank}")
-        if self.lora_alpha <= 0:
+        if not self.lora_alpha > 0:
             raise ConfigError(f"lora alpha must be > 0, got {self.lora_alpha}")
-        if self.bops_weight < 0 or self.rank_weight < 0:
-            raise ConfigError("bops weight and rank weight must be >= 0")
+        if not (0 <= self.bops_weight < float("inf") and 0 <= self.rank_weight < float("inf")):
+            raise ConfigError(f"bops weight and rank weight must be finite and >= 0, got {self.bops_weight} and "
+                              f"{self.rank_weight}")
+        if not abs(self.gate_init) < float("inf"):
+            raise ConfigError(f"gate init must be a finite number, got {self.gate_init}")
         if self.seq_len < 1:
             raise ConfigError(f"seq len must be >= 1, got {self.seq_len}")
         if self.embedding_bits not in EMBEDDING_WIDTHS:

@@ -11,9 +11,9 @@ from pathlib import Path
 from torch import nn
 
 from .. import runtime
-from ..atomic import OutputExistsError, atomic_directory
+from ..atomic import OutputExistsError, atomic_directory, check_writable
 from ..bops import MacProfile, profile_macs
-from ..checkpoint import CheckpointError, load_checkpoint, read_validation
+from ..checkpoint import CheckpointError, check_no_remote_code, load_checkpoint, read_validation
 from ..inject import wrapped_embeddings, wrapped_linears
 from . import report
 from .graph_audit import AuditError, GraphAudit, audit_graph
@@ -34,6 +34,7 @@ class CompressOptions:
     validation_file: str | None = None
     trust_remote_code: bool = False
     timing_runs: int = 10  # latency runs for audit.md (0: skip)
+    peft_adapter: bool = False  # also write the pruned fp32 adapter in PEFT's LoRA format to OUT/peft_adapter/
 
 
 @dataclass
@@ -115,9 +116,38 @@ def _examples(ckpt: Path, options: CompressOptions) -> list[dict]:
     return rows
 
 
+def _external_errors() -> tuple[type[BaseException], ...]:
+    """Exception types of onnx and onnxruntime (plain Exception subclasses, so a CLI would show a traceback)."""
+    import onnx.checker
+    import onnx.shape_inference
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    kinds = [onnx.checker.ValidationError, getattr(onnx.shape_inference, "InferenceError", None)]
+    kinds += [v for v in vars(ort_state).values() if isinstance(v, type) and issubclass(v, Exception)]
+    return tuple(k for k in kinds if k is not None)
+
+
 def compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | None = None,
              log: Callable[[str], None] = lambda _msg: None) -> CompressResult:
-    """Export a checkpoint to OUT/ (model.onnx, tokenizer, deploy.json, audit.json/.md/.png), atomically."""
+    """Export a checkpoint to OUT/ (model.onnx, tokenizer, deploy.json, audit.json/.md/.png), atomically.
+
+    An export, onnx or onnxruntime failure becomes one ExportError; OUT is then untouched (atomic_directory).
+    """
+    from .onnx_export import ExportError
+
+    try:
+        return _compress(ckpt, out_dir, options, log)
+    except (ExportError, *_external_errors()) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        if not isinstance(e, ExportError):
+            message = f"onnx/onnxruntime failed during export ({type(e).__name__}: {message})"
+        if "nothing was written" not in message:
+            message += f"; nothing was written to {out_dir}"
+        raise ExportError(message) from e
+
+
+def _compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | None,
+              log: Callable[[str], None]) -> CompressResult:
     import onnx
     from transformers import AutoTokenizer
 
@@ -129,10 +159,12 @@ def compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | N
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and not options.overwrite:
         raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+    check_writable(out_dir)
     log(f"loading checkpoint {ckpt}")
     model, meta = load_checkpoint(ckpt, trust_remote_code=options.trust_remote_code)
+    check_no_remote_code(ckpt, options.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt} has no usable tokenizer files ({e})") from None
     examples = _examples(ckpt, options) if options.verify else []
@@ -195,5 +227,10 @@ def compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | N
         (tmp / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "audit.md").write_text(report.markdown(audit, timings), encoding="utf-8")
         report.chart(audit, tmp / "audit.png")
+        if options.peft_adapter:
+            from .peft_adapter import ADAPTER_DIR, write_peft_adapter
+
+            log(f"writing the pruned adapter in PEFT's LoRA format ({ADAPTER_DIR}/)")
+            write_peft_adapter(tmp / ADAPTER_DIR, model, plan, meta.base_model, meta.base_revision, list(meta.head))
         log(f"writing {out_dir}")
     return CompressResult(out_dir, audit, plan, timings)
