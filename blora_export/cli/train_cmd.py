@@ -61,9 +61,9 @@ def _bits_callback(_ctx, _param, value):
 @click.option("--lora-targets", default="qkv", help="Adapted modules: qkv, all-linear, or comma-separated module "
                                                      "names (exact or dotted suffixes).")
 @click.option("--bops-weight", type=float, help=f"mu, strength of the BOP-weighted width penalty "
-                                                f"({BLORA_DEFAULTS}: 0.05).")
+                                                f"({BLORA_DEFAULTS}: 0.002).")
 @click.option("--rank-weight", type=float, help=f"lambda_r, strength of the nested rank penalty "
-                                                f"({BLORA_DEFAULTS}: 0.01).")
+                                                f"({BLORA_DEFAULTS}: 0.001).")
 @click.option("--weight-bits", callback=_bits_callback, help="blora: allowed weight widths, e.g. 2,4,8,16,32 "
                                                              f"({BLORA_DEFAULTS}: all).")
 @click.option("--act-bits", callback=_bits_callback, help="blora: allowed activation widths, e.g. 4,8,16,32 "
