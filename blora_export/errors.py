@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 
 import click
 
@@ -38,8 +37,3 @@ def user_errors(*kinds: type[BaseException]):
         return inner
 
     return wrap
-
-
-def fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)

@@ -16,7 +16,6 @@ _OPEN_SHIFT = -TEMPERATURE * math.log(-GAMMA / ZETA)  # = 1.5986
 CLOSED_PROBABILITY = 0.34
 OPEN_THRESHOLD = math.log(1.0 - CLOSED_PROBABILITY) - math.log(CLOSED_PROBABILITY) - _OPEN_SHIFT
 INIT_OPEN = 6.0
-INIT_CLOSED = -6.0
 
 
 _generator: torch.Generator | None = None
