@@ -94,10 +94,18 @@ class QuantizedEmbedding(nn.Module):
         spec = QuantizerSpec(allowed=(bits,), init_bits=bits, learn=False)
         self.weight_quantizer = BayesianBitsQuantizer(spec, (base.num_embeddings, 1), learn_range=False)
         self.weight_quantizer.init_range_from(base.weight)
+        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.base.weight)
+        # The table is frozen and its width fixed: re-quantize only when a tensor was loaded, changed or moved
+        # (a word table is ~12M values, 0.17 s per step on 2 cores otherwise).
+        w, beta = self.base.weight, self.weight_quantizer.beta
+        key = (w._version, w.data_ptr(), beta._version, beta.data_ptr())
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.weight_quantizer(w))
+        return self._cache[1]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         b = self.base

@@ -105,3 +105,14 @@ def test_quantized_embedding_per_row_fixed_width():
         assert torch.allclose(r.abs().max(), orig.abs().max() * 14 / 15, rtol=1e-5)
     assert not any(p.requires_grad for p in q.parameters())
     assert torch.equal(QuantizedEmbedding(emb, 32).weight, emb.weight)
+
+
+def test_quantized_embedding_cache_follows_loaded_tensors():
+    emb = QuantizedEmbedding(nn.Embedding(10, 4), 8)
+    first = emb.weight
+    assert emb.weight is first  # cached while nothing changes
+    state = {k: v.clone() for k, v in emb.state_dict().items()}
+    state["weight_quantizer.beta"] = state["weight_quantizer.beta"] * 2
+    emb.load_state_dict(state)
+    assert not torch.equal(emb.weight, first)
+    assert torch.equal(emb.weight, emb.weight_quantizer(emb.base.weight))
