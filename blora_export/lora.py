@@ -52,11 +52,6 @@ class GatedLoRALinear(nn.Module):
     def deterministic_rank(self) -> int:
         return 1 + gates.nested_open_count(self.rank_log_alpha.detach()) if self.max_rank else 0
 
-    def expected_rank(self) -> torch.Tensor:
-        if not self.max_rank:
-            return torch.zeros(())
-        return 1 + torch.cumprod(gates.prob_open(self.rank_log_alpha), 0).sum()
-
     def rank_regularizer(self, lambda_r: float) -> torch.Tensor:
         """lambda_r * sum_n prod_{j<=n} P(g_j > 0): the nested prior's penalty."""
         if not (self.max_rank and self.learn_rank):

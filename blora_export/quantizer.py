@@ -13,7 +13,7 @@ from torch import nn
 
 from . import gates
 from .config import QuantizerSpec
-from .residual_quant import bounds, grid, residual_fake_quantize
+from .residual_quant import bounds, residual_fake_quantize
 from .ste import FLOAT_BITS, WIDTHS, step_size
 
 
@@ -97,10 +97,6 @@ class BayesianBitsQuantizer(nn.Module):
     def range_bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(low, high, R): [-beta, beta] with R = 2 beta when signed, [0, beta] with R = beta otherwise."""
         return bounds(self.positive_beta(), bool(self.signed))
-
-    def grid(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        """x on the b-bit grid of the learned range (bits == 32: x unchanged)."""
-        return grid(x, self.positive_beta(), bits, bool(self.signed))
 
     def scale(self, bits: int) -> torch.Tensor:
         """Step size s_b of the learned range at width b (what export writes as the Q/DQ scale)."""
