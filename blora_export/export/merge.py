@@ -3,7 +3,7 @@
 W = W0 + scaling * B[:, kept] diag(E[kept]) A[kept], in the same operation order as training's
 GatedLoRALinear.merged_weight (the deterministic gates of kept ranks are exactly 1, pruned ones exactly 0),
 then snapped with THE quantize function training uses (ste.quantize_codes on the clamped weight, i.e. the
-quantizer's grid()). The result is a plain transformers model with nn.Linear / nn.Embedding modules holding
+residual_quant.grid()). The result is a plain transformers model with nn.Linear / nn.Embedding modules holding
 the snapped values: what torch.onnx exports before the Q/DQ pass.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..residual_quant import bounds
 from ..ste import FLOAT_BITS, clamp_range, quantize_codes
 from .plan import CompressionPlan, EmbeddingPlan, LinearPlan, WeightPlan
 
@@ -54,8 +55,8 @@ def snap(w: torch.Tensor, bits: int, signed: bool, scale: tuple[float, ...],
     """(integer codes, codes * scale) on the learned grid; 32 bits: (None, w)."""
     if bits >= FLOAT_BITS:
         return None, w
-    s, high = _column(scale), _column(beta)
-    low = -high if signed else torch.zeros_like(high)
+    s = _column(scale)
+    low, high, _ = bounds(_column(beta), signed)
     codes = quantize_codes(clamp_range(w, low, high), s, bits, signed)
     return codes, codes * s
 
