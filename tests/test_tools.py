@@ -86,3 +86,7 @@ def test_bench_methods_end_to_end(glue_dir, tmp_path):
     stamp = (out / "runs" / "seed0" / "lora" / "train.json").stat().st_mtime_ns
     assert CliRunner().invoke(bench_methods.main, [*args, "--no-latency"]).exit_code == 0
     assert (out / "runs" / "seed0" / "lora" / "train.json").stat().st_mtime_ns == stamp
+    # ... and refuses to mix runs of another setup into the same table
+    steps = args.index("--steps") + 1
+    changed = CliRunner().invoke(bench_methods.main, [*args[:steps], "4", *args[steps + 1:]])
+    assert changed.exit_code == 2 and "steps" in changed.output

@@ -7,7 +7,8 @@ quantize afterwards", what users do without this project.
 
 DST is a copy of FP32_OUT (tokenizer, deploy.json) with model.onnx replaced, so `blora-export eval` and
 `blora-export audit` run on it unchanged. Settings are onnxruntime's documented CPU choices: dynamic QInt8
-weights; static QDQ with uint8 activations, int8 per-channel weights, MinMax calibration.
+weights; static QDQ of the matrix products and the embedding Gather with uint8 activations, int8 per-channel
+weights, MinMax calibration on 256 training texts.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ def quantize(fp32_out: Path, dst: Path, mode: str, texts: list[tuple[str, str | 
                 def get_next(self):
                     return next(feeds, None)
 
+            # Matrix products and the embedding Gather only: quantizing every op type (LayerNorm, Softmax,
+            # Add, ...) measured 0.678 vs 0.783 accuracy on SST-2 (fp32 0.792) at the same file size.
             quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul", "Gemm", "Gather"])
         if dst.exists():
             shutil.rmtree(dst)
         work.rename(dst)
