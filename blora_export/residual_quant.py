@@ -22,14 +22,6 @@ def bounds(beta: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor
     return torch.zeros_like(beta), beta, beta
 
 
-def grid(x: torch.Tensor, beta: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """x on the b-bit grid of the range (bits == 32: x unchanged, not clipped)."""
-    if bits >= FLOAT_BITS:
-        return x
-    low, high, width = bounds(beta, signed)
-    return fake_quantize(clamp_range(x, low, high), step_size(width, bits), bits, signed)
-
-
 def _coefficients(mask: torch.Tensor) -> torch.Tensor:
     """c_j = M_j - M_{j+1} (M_0 = 1, M_{n+1} = 0): out = sum_j c_j x_hat_j, the telescoped residual sum."""
     cumulative = torch.cat([mask.new_ones(1), mask, mask.new_zeros(1)])

@@ -2,8 +2,8 @@
 
 W = W0 + scaling * B[:, kept] diag(E[kept]) A[kept], in the same operation order as training's
 GatedLoRALinear.merged_weight (the deterministic gates of kept ranks are exactly 1, pruned ones exactly 0),
-then snapped with THE quantize function training uses (ste.quantize_codes on the clamped weight, i.e. the
-residual_quant.grid()). The result is a plain transformers model with nn.Linear / nn.Embedding modules holding
+then snapped with THE quantize function training uses (ste.quantize_codes on the weight clamped to its range,
+as the residual quantizer does). The result is a plain transformers model with nn.Linear / nn.Embedding modules holding
 the snapped values: what torch.onnx exports before the Q/DQ pass.
 """
 
