@@ -67,6 +67,13 @@ def checked(cmd: list[str], log: Path, threads: int) -> tuple[float, float]:
     return wall, peak
 
 
+def printed_json(cmd: list[str], log: Path, threads: int) -> dict:
+    """The JSON object a `--json` command prints (its log also holds the command line and any warnings)."""
+    checked(cmd, log, threads)
+    text = log.read_text(encoding="utf-8")
+    return json.loads(text[text.index("\n{") + 1:])
+
+
 def cached(path: Path, make) -> dict:
     """The JSON result at path, computed (and saved) only if it is not there yet."""
     if path.is_file():
@@ -131,20 +138,14 @@ class Bench:
             args = [*CLI, "eval", str(onnx_dir), *self.data_args("validation"), "--json"]
             if with_ckpt:
                 args += ["--ckpt", str(self.path(seed, name) / "ckpt")]
-            log = onnx_dir.parent / f"eval-{onnx_dir.name}.log"
-            checked(args, log, self.threads)
-            text = log.read_text(encoding="utf-8")
-            return json.loads(text[text.index("\n{") + 1:])
+            return printed_json(args, onnx_dir.parent / f"eval-{onnx_dir.name}.log", self.threads)
 
         return cached(onnx_dir.parent / f"eval-{onnx_dir.name}.json", make)
 
     def audit(self, onnx_dir: Path) -> dict:
         def make():
-            log = onnx_dir.parent / f"audit-{onnx_dir.name}.log"
-            checked([*CLI, "audit", str(onnx_dir / "model.onnx"), "--seq-len", str(self.seq_len), "--json"], log,
-                    self.threads)
-            text = log.read_text(encoding="utf-8")
-            return json.loads(text[text.index("\n{") + 1:])
+            return printed_json([*CLI, "audit", str(onnx_dir / "model.onnx"), "--seq-len", str(self.seq_len), "--json"],
+                                onnx_dir.parent / f"audit-{onnx_dir.name}.log", self.threads)
 
         return cached(onnx_dir.parent / f"audit-{onnx_dir.name}.json", make)
 
@@ -171,7 +172,7 @@ class Bench:
                 from train import TrainConfig
                 from train.data import load
 
-                cfg = TrainConfig(model="", output_dir="", **{k: v for k, v in self.data.items()},
+                cfg = TrainConfig(model="", output_dir="", **self.data,
                                   max_train_samples=self.max_train_samples)
                 rows = load(cfg).train
                 calibration = [(e.text, e.text_pair) for e in rows[:: max(1, len(rows) // 256)][:256]]
