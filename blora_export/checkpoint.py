@@ -23,6 +23,7 @@ from .atomic import atomic_directory
 from .base_model import fingerprint, load_base_model
 from .bops import MacProfile
 from .config import BLoRAConfig, ConfigError
+from .errors import first_line
 from .inject import Injection, inject
 
 SCHEMA_VERSION = 1
@@ -193,9 +194,8 @@ def build_model(meta: CheckpointMeta, base: nn.Module | None = None,
             base = load_base_model(meta.base_model, len(meta.labels), meta.id2label, meta.problem_type,
                                    trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise CheckpointError(f"cannot load the base model {meta.base_model!r} this checkpoint was trained on "
-                                  f"({first}); make it available at that name or path") from None
+                                  f"({first_line(e)}); make it available at that name or path") from None
     found = fingerprint(base, tuple(meta.head))
     if found != meta.base_fingerprint:
         raise CheckpointError(f"base model {meta.base_model} does not match the one this checkpoint was trained on "

@@ -7,6 +7,11 @@ import functools
 import click
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run long), or its type's name."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class UserError(click.ClickException):
     """Bad input: printed as one line, exit status 2."""
 

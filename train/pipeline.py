@@ -17,6 +17,7 @@ from blora_export.atomic import OutputNotWritableError, check_writable
 from blora_export.base_model import fingerprint, is_local, load_base_model
 from blora_export.bops import profile_macs
 from blora_export.checkpoint import META_FILE, CheckpointMeta, is_trained_key, save_checkpoint
+from blora_export.errors import first_line
 from blora_export.gated_model import calibrate
 from blora_export.inject import inject
 from blora_export.targets import encoder_linears, head_modules, resolve_targets
@@ -86,8 +87,7 @@ def _load_model(cfg: TrainConfig, labels: list[str], problem_type: str) -> nn.Mo
         return load_base_model(cfg.model, len(labels), dict(enumerate(labels)), problem_type,
                                trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainError(f"cannot load model {cfg.model!r}: {first}; {MODEL_HINT}") from None
+        raise TrainError(f"cannot load model {cfg.model!r}: {first_line(e)}; {MODEL_HINT}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -99,8 +99,7 @@ def _load_tokenizer(cfg: TrainConfig):
     try:
         return AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainError(f"cannot load a tokenizer for {cfg.model!r}: {first}; {MODEL_HINT}") from None
+        raise TrainError(f"cannot load a tokenizer for {cfg.model!r}: {first_line(e)}; {MODEL_HINT}") from None
 
 
 def _max_positions(model: nn.Module) -> int | None:
