@@ -42,6 +42,10 @@ import ptq  # noqa: E402
 
 CLI = [sys.executable, "-m", "blora_export.cli"]
 FP32 = "lora"  # the fp32 reference every size and latency ratio is taken against
+DATASETS = {  # --dataset: the tool that writes its fixed split, and the table's label
+    "rotten-tomatoes": ("rotten_tomatoes.py", "Rotten Tomatoes (tools/rotten_tomatoes.py split, seed 0)"),
+    "bbc-news": ("bbc_news.py", "BBC News (tools/bbc_news.py split, seed 0)"),
+}
 
 
 # ---- running commands ----------------------------------------------------------------------------
@@ -379,14 +383,15 @@ def _data(dataset: str | None, data_dir: str | None, task: str | None, out: Path
         if not task:
             raise click.UsageError("--data-dir needs --task (e.g. sst2, rte)")
         return {"task": task, "data_dir": str(Path(data_dir).resolve())}, f"{task} ({data_dir})"
-    if dataset == "rotten-tomatoes":
+    if dataset in DATASETS:
+        tool, label = DATASETS[dataset]
         split = out / "data"
         if not (split / "validation.csv").is_file():
-            subprocess.run([sys.executable, str(TOOLS / "rotten_tomatoes.py"), str(split)], check=True)
+            subprocess.run([sys.executable, str(TOOLS / tool), str(split)], check=True)
         return {"task": "classification", "train_file": str(split / "train.csv"),
                 "validation_file": str(split / "validation.csv"), "text_column": "text",
-                "label_column": "label"}, "Rotten Tomatoes (tools/rotten_tomatoes.py split, seed 0)"
-    raise click.UsageError("pass --dataset rotten-tomatoes or --data-dir DIR --task TASK")
+                "label_column": "label"}, label
+    raise click.UsageError(f"pass --dataset ({'|'.join(DATASETS)}) or --data-dir DIR --task TASK")
 
 
 def _check_same_setup(out: Path, setup: dict) -> None:
@@ -409,7 +414,7 @@ def _metric(data: dict) -> str:
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--dataset", type=click.Choice(["rotten-tomatoes"]), default=None)
+@click.option("--dataset", type=click.Choice(list(DATASETS)), default=None)
 @click.option("--data-dir", default=None, help="A GLUE task directory (e.g. ../shared/data/glue/SST-2).")
 @click.option("--task", default=None, help="The GLUE task of --data-dir.")
 @click.option("--model", default=None, help="Model directory (default: the packaged all-MiniLM-L6-v2).")

@@ -9,12 +9,12 @@ out `--validation-size` rows (half per label) chosen with a seeded shuffle. Same
 from __future__ import annotations
 
 import csv
-import random
 import sys
 from importlib import resources
 from pathlib import Path
 
 import click
+from splits import write_split
 
 
 def load_rows() -> list[dict]:
@@ -25,37 +25,13 @@ def load_rows() -> list[dict]:
                 for r in csv.DictReader(f) if r["source"] == "rotten_tomatoes"]
 
 
-def split(rows: list[dict], validation_size: int, seed: int) -> tuple[list[dict], list[dict]]:
-    rng = random.Random(seed)
-    train, validation = [], []
-    for label in sorted({r["label"] for r in rows}):
-        group = [r for r in rows if r["label"] == label]
-        rng.shuffle(group)
-        validation += group[: validation_size // 2]
-        train += group[validation_size // 2:]
-    rng.shuffle(train)
-    rng.shuffle(validation)
-    return train, validation
-
-
-def write(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["text", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 @click.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--validation-size", default=1000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 def main(out_dir: Path, validation_size: int, seed: int) -> None:
     """Write OUT_DIR/train.csv and OUT_DIR/validation.csv (columns text,label)."""
-    train, validation = split(load_rows(), validation_size, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write(out_dir / "train.csv", train)
-    write(out_dir / "validation.csv", validation)
-    click.echo(f"wrote {len(train)} train and {len(validation)} validation rows to {out_dir}")
+    click.echo(write_split(out_dir, load_rows(), validation_size, seed))
 
 
 if __name__ == "__main__":
