@@ -18,6 +18,26 @@ class OutputNotWritableError(PermissionError):
     pass
 
 
+class OutputIsInputError(FileExistsError):
+    """The output is, or contains, one of the command's inputs: replacing it would delete that input."""
+
+
+def check_not_an_input(target: str | Path, inputs: dict[str, str | Path | None], option: str = "--output-dir") -> None:
+    """Refuse an output that is, or contains, an input (checked before anything is written or removed).
+
+    realpath, not Path.resolve: a symbolic-link loop must give this check's answer, not a RuntimeError.
+    """
+    out = os.path.realpath(target)
+    for role, path in inputs.items():
+        if path is None or not os.path.lexists(path):
+            continue
+        found = os.path.realpath(path)
+        if found == out or found.startswith(out.rstrip(os.sep) + os.sep):
+            what = "is" if found == out else "contains"
+            raise OutputIsInputError(f"{option} {target} {what} the {role} {path}; writing there would delete it: "
+                                     f"choose another {option}")
+
+
 def check_writable(target: str | Path) -> None:
     """Fail early (before any work) when `target` cannot be created: its parent is a file, read-only, ..."""
     parent = Path(target).resolve().parent

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blora_export.atomic import OutputNotWritableError, check_writable
+from blora_export.atomic import OutputIsInputError, OutputNotWritableError, check_not_an_input, check_writable
 from blora_export.base_model import fingerprint, is_local, load_base_model
 from blora_export.bops import profile_macs
 from blora_export.checkpoint import META_FILE, CheckpointMeta, is_trained_key, save_checkpoint
@@ -51,6 +51,14 @@ def run(cfg: TrainConfig) -> dict:
 def check_output(cfg: TrainConfig) -> bool:
     """Refuse to clobber a checkpoint or an interrupted run by accident; returns whether to resume."""
     out, root = Path(cfg.output_dir), cfg.state_dir
+    inputs = {"model directory": cfg.model if is_local(cfg.model) else None, "data directory": cfg.data_dir,
+              "training file": cfg.train_file, "validation file": cfg.validation_file,
+              "config file": cfg.config_file}
+    try:
+        check_not_an_input(out, inputs)
+        check_not_an_input(root, inputs, "--output-dir's state directory")
+    except OutputIsInputError as e:
+        raise TrainError(str(e)) from None
     if out.exists() and not out.is_dir():
         raise TrainError(f"--output-dir {out} is a file; pass a directory")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import runtime
-from ..atomic import OutputExistsError, atomic_directory, check_writable
+from ..atomic import OutputExistsError, atomic_directory, check_not_an_input, check_writable
 from ..bops import MacProfile, profile_macs
 from ..checkpoint import CheckpointError, check_no_remote_code, load_checkpoint, read_validation
 from ..inject import wrapped_embeddings, wrapped_linears
@@ -157,11 +157,13 @@ def _compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | 
 
     options = options or CompressOptions()
     ckpt, out_dir = Path(ckpt), Path(out_dir)
+    check_not_an_input(out_dir, {"checkpoint": ckpt, "validation file": options.validation_file})
     if out_dir.exists() and not options.overwrite:
         raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     check_writable(out_dir)
     log(f"loading checkpoint {ckpt}")
     model, meta = load_checkpoint(ckpt, trust_remote_code=options.trust_remote_code)
+    check_not_an_input(out_dir, {"base model directory": meta.base_model})
     check_no_remote_code(ckpt, options.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=options.trust_remote_code)
