@@ -25,13 +25,13 @@ from .bops import MacProfile
 from .config import BLoRAConfig, ConfigError
 from .errors import first_line
 from .inject import Injection, inject
+from .roles import trained_keys, trained_state
 
 SCHEMA_VERSION = 1
 META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "trained.safetensors"
 SUMMARY_FILE = "summary.json"
 VALIDATION_FILE = "validation.jsonl"
-TRAINED_MARKERS = ("lora_", "rank_log_alpha", "_quantizer.")
 
 
 class CheckpointError(ValueError):
@@ -67,15 +67,6 @@ class CheckpointMeta:
     @property
     def id2label(self) -> dict[int, str]:
         return dict(enumerate(self.labels))
-
-
-def is_trained_key(key: str, head: list[str]) -> bool:
-    return any(m in key for m in TRAINED_MARKERS) or any(key.startswith(h + ".") for h in head)
-
-
-def trained_state(model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
-    """Everything a checkpoint stores: adapters, gates, quantizer ranges and flags, and the head."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if is_trained_key(k, head)}
 
 
 def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: CheckpointMeta, tokenizer=None,
@@ -212,7 +203,8 @@ def load_checkpoint(ckpt: str | Path, base: nn.Module | None = None,
     meta = read_meta(ckpt)
     tensors = read_tensors(ckpt)
     model, _ = build_model(meta, base, trust_remote_code)
-    expected = {k: v for k, v in model.state_dict().items() if is_trained_key(k, meta.head)}
+    keys = trained_keys(model, meta.head)
+    expected = {k: v for k, v in model.state_dict().items() if k in keys}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{ckpt}: tensors do not match the model (missing {missing[:3]}, "

@@ -1,11 +1,16 @@
-"""Turn a Hugging Face encoder into a B-LoRA model in place, and say which modules were changed."""
+"""The one way in and the one way out: `prepare` turns a Hugging Face encoder into a B-LoRA model (fingerprint
+and MAC profile of the base first, then `inject`), `strip` gives back the original architecture."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
 
+from .base_model import fingerprint
+from .bops import MacProfile, profile_macs
 from .config import BLoRAConfig
 from .lora import GatedLoRALinear, QuantizedEmbedding
 from .targets import embedding_tables, encoder_linears, head_modules, resolve_targets
@@ -19,7 +24,15 @@ class Injection:
     head: list[str]
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+@dataclass
+class Prepared:
+    model: nn.Module  # injected in place
+    injection: Injection
+    profile: MacProfile  # MACs of the base model at cfg.seq_len, counted before injecting
+    fingerprint: str  # of the base model's frozen tensors (head excluded), taken before injecting
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -41,9 +54,9 @@ def inject(model: nn.Module, cfg: BLoRAConfig, adapted: list[str] | None = None)
     for p in model.parameters():
         p.requires_grad_(False)
     for name in quantized:
-        _set_module(model, name, GatedLoRALinear(model.get_submodule(name), cfg, adapted=name in adapted))
+        set_module(model, name, GatedLoRALinear(model.get_submodule(name), cfg, adapted=name in adapted))
     for name in embeddings:
-        _set_module(model, name, QuantizedEmbedding(model.get_submodule(name), cfg.embedding_width))
+        set_module(model, name, QuantizedEmbedding(model.get_submodule(name), cfg.embedding_width))
     for name in head:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
@@ -56,3 +69,27 @@ def wrapped_linears(model: nn.Module) -> dict[str, GatedLoRALinear]:
 
 def wrapped_embeddings(model: nn.Module) -> dict[str, QuantizedEmbedding]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedEmbedding)}
+
+
+def prepare(model: nn.Module, cfg: BLoRAConfig) -> Prepared:
+    """Fingerprint and MAC-profile the base model, then inject: a checkpoint records the base as it was loaded,
+    and the MAC profile counts the plain Linears, so both must come before any wrapper exists."""
+    cfg.validate()
+    head = head_modules(model)
+    base_fingerprint = fingerprint(model, tuple(head))
+    adapted = resolve_targets(model, cfg.targets)
+    profile = profile_macs(model, cfg.seq_len, encoder_linears(model), adapted)
+    injection = inject(model, cfg, adapted)
+    return Prepared(model, injection, profile, base_fingerprint)
+
+
+def replace_wrappers(model: nn.Module, make: Callable[[str, nn.Module], nn.Module]) -> nn.Module:
+    """In place: every wrapper (GatedLoRALinear, QuantizedEmbedding) becomes make(name, wrapper)."""
+    for name in list(wrapped_linears(model)) + list(wrapped_embeddings(model)):
+        set_module(model, name, make(name, model.get_submodule(name)))
+    return model
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """A copy of an injected model with every wrapper replaced by the module it wraps (original names)."""
+    return replace_wrappers(copy.deepcopy(model), lambda _name, wrapper: wrapper.base)

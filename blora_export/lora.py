@@ -8,9 +8,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import gates
+from . import gates, roles
 from .config import BLoRAConfig, QuantizerSpec
 from .quantizer import BayesianBitsQuantizer
+
+
+def lora_factors(lora_a: torch.Tensor, lora_b: torch.Tensor,
+                 gated_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adapter as two factors (B diag(g * e), A): the gated diagonal folded into B (PEFT's lora_B, lora_A)."""
+    return lora_b * gated_e, lora_a
+
+
+def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, gated_e: torch.Tensor, scaling: float) -> torch.Tensor:
+    """(alpha/r) B diag(g * e) A: the one formula of the adapter's weight update (training, merge and PEFT export).
+
+    `gated_e` is g * e: the sampled or deterministic rank mask times E in training, E of the kept ranks at export
+    (their gates are exactly 1). Training and merging evaluate it in this same operation order.
+    """
+    folded_b, a = lora_factors(lora_a, lora_b, gated_e)
+    return scaling * folded_b @ a
+
+
+def kept_components(lora_a: torch.Tensor, lora_b: torch.Tensor, lora_e: torch.Tensor,
+                    kept: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(A[kept], B[:, kept], E[kept]): the rank components a pruned adapter keeps."""
+    index = list(kept)
+    return lora_a[index], lora_b[:, index], lora_e[index]
 
 
 class GatedLoRALinear(nn.Module):
@@ -18,6 +41,8 @@ class GatedLoRALinear(nn.Module):
 
     Without an adapter (``max_rank == 0``) it is a quantized Linear: the same quantizers, no LoRA factors.
     """
+
+    TRAINED = {roles.ADAPTER: ("lora_A", "lora_E", "lora_B"), roles.GATE: ("rank_log_alpha",)}
 
     def __init__(self, base: nn.Linear, cfg: BLoRAConfig, adapted: bool):
         super().__init__()
@@ -63,8 +88,7 @@ class GatedLoRALinear(nn.Module):
         """W0 + (alpha/r) B diag(g * e) A, before quantization."""
         w = self.base.weight
         if self.max_rank:
-            ge = self.rank_mask() * self.lora_E
-            w = w + self.scaling * (self.lora_B * ge) @ self.lora_A
+            w = w + lora_delta(self.lora_A, self.lora_B, self.rank_mask() * self.lora_E, self.scaling)
         return w
 
     def effective_weight(self) -> torch.Tensor:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import gates
+from . import gates, roles
 from .config import QuantizerSpec
 from .residual_quant import bounds, residual_fake_quantize
 from .ste import FLOAT_BITS, WIDTHS, step_size
 
 
 class BayesianBitsQuantizer(nn.Module):
+    TRAINED = {roles.GATE: ("log_alpha",), roles.RANGE: ("beta",), roles.RECORD: ("signed", "initialized")}
+
     def __init__(self, spec: QuantizerSpec, range_shape: tuple[int, ...] = (), gate_init: float = gates.INIT_OPEN,
                  learn_range: bool = True):
         super().__init__()

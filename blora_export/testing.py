@@ -133,13 +133,11 @@ def make_test_checkpoint(directory: str | Path, model_dir: str | Path, method: s
     import torch
     from transformers import AutoTokenizer
 
-    from .base_model import fingerprint, load_base_model
-    from .bops import profile_macs
+    from .base_model import load_base_model
     from .checkpoint import CheckpointMeta, save_checkpoint
     from .config import BLoRAConfig
     from .gated_model import calibrate
-    from .inject import inject, wrapped_linears
-    from .targets import encoder_linears, head_modules, resolve_targets
+    from .inject import prepare, wrapped_linears
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -147,10 +145,9 @@ def make_test_checkpoint(directory: str | Path, model_dir: str | Path, method: s
                       seq_len=seq_len, per_channel_weights=per_channel_weights).validate()
     labels = ["negative", "positive"]
     model = load_base_model(str(model_dir), len(labels), dict(enumerate(labels)))
-    profile = profile_macs(model, cfg.seq_len, encoder_linears(model), resolve_targets(model, cfg.targets))
-    head = tuple(head_modules(model))
-    fp = fingerprint(model, head)
-    injection = inject(model, cfg)
+    prepared = prepare(model, cfg)
+    injection, profile = prepared.injection, prepared.profile
+    head = injection.head
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     calib = [r["sentence"] for r in synthetic_sentiment(32, seed=seed + 1000)]
     batches = [dict(tokenizer(calib[i:i + 8], padding=True, return_tensors="pt")) for i in range(0, len(calib), 8)]
@@ -192,7 +189,7 @@ def make_test_checkpoint(directory: str | Path, model_dir: str | Path, method: s
 
     validation = [{"text": r["sentence"], "label": r["label"]} for r in synthetic_sentiment(n_validation, seed)]
     _spread_predictions(model, tokenizer, [v["text"] for v in validation], gen)
-    meta = CheckpointMeta(base_model=str(model_dir), base_fingerprint=fp, blora=cfg.to_dict(),
+    meta = CheckpointMeta(base_model=str(model_dir), base_fingerprint=prepared.fingerprint, blora=cfg.to_dict(),
                           adapted=injection.adapted, quantized=injection.quantized,
                           embeddings=injection.embeddings, head=injection.head, labels=labels,
                           mac_profile=profile.to_dict(), max_seq_length=seq_len)

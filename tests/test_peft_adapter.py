@@ -9,8 +9,7 @@ from export_support import SEQ_LEN, base_dir, checkpoint, tokenize
 
 from blora_export.checkpoint import load_checkpoint
 from blora_export.cli import main
-from blora_export.export.pipeline import original_architecture
-from blora_export.inject import wrapped_linears
+from blora_export.inject import strip, wrapped_linears
 from blora_export.testing import synthetic_sentiment
 
 peft = pytest.importorskip("peft")
@@ -21,7 +20,7 @@ def fp32_gated_reference(ckpt):
     """The checkpoint model with deterministic gates and every quantizer bypassed: plain Linears holding
     W0 + scaling * B diag(g * e) A, fp32 embeddings, the trained head."""
     model, meta = load_checkpoint(ckpt)
-    reference = original_architecture(model).eval()
+    reference = strip(model).eval()
     for name, layer in wrapped_linears(model).items():
         reference.get_submodule(name).weight.copy_(layer.merged_weight())
     return reference, model, meta
@@ -56,7 +55,7 @@ def test_peft_adapter_reproduces_the_fp32_gated_model(tmp_path):
     with torch.no_grad():
         expected = reference(**feed).logits
         got = peft_model(**feed).logits
-        no_adapter = original_architecture(model).eval()(**feed).logits
+        no_adapter = strip(model).eval()(**feed).logits
     assert (expected - no_adapter).abs().max() > 1e-3  # the adapters matter
     # fp32: PEFT computes x W0^T + scaling (x A^T) B^T unmerged, so rounding differs in the last bits (the
     # re-aimed test head amplifies them to ~4e-5 on logits of size ~2). Run in float64, the two agree to the

@@ -116,14 +116,15 @@ def injected(tmp_path_factory):
 
 
 def test_param_groups_split_weights_gates_ranges(injected):
-    groups = {g["name"]: g for g in param_groups(injected, _cfg(lr=1e-3, gate_lr=0.2, range_lr=1e-4))}
+    head = ["bert.pooler", "classifier"]
+    groups = {g["name"]: g for g in param_groups(injected, _cfg(lr=1e-3, gate_lr=0.2, range_lr=1e-4), head)}
     assert set(groups) == {"weights", "gates", "ranges"}
     assert groups["gates"]["lr"] == 0.2 and groups["gates"]["weight_decay"] == 0.0
     assert groups["ranges"]["lr"] == 1e-4 and groups["ranges"]["weight_decay"] == 0.0
     assert groups["weights"]["weight_decay"] == 0.01
     n_trainable = sum(p.requires_grad for p in injected.parameters())
     assert sum(len(g["params"]) for g in groups.values()) == n_trainable
-    assert isinstance(build_optimizer(injected, _cfg()), torch.optim.AdamW)
+    assert isinstance(build_optimizer(injected, _cfg(), ["bert.pooler", "classifier"]), torch.optim.AdamW)
 
 
 def test_frozen_gates_sample_their_test_time_values(injected):

@@ -23,10 +23,10 @@ def fp32_onnx(ckpt: Path, work: Path) -> tuple[Path, list[str]]:
 
     from blora_export.checkpoint import load_checkpoint
     from blora_export.export.onnx_export import export_float, model_input_names
-    from blora_export.export.pipeline import original_architecture
+    from blora_export.inject import strip
 
     model, _ = load_checkpoint(ckpt)
-    plain = original_architecture(model).eval()
+    plain = strip(model).eval()
     names = model_input_names(plain, AutoTokenizer.from_pretrained(str(ckpt)))
     path = work / "fp32.onnx"
     path.write_bytes(export_float(plain, names).SerializeToString())

@@ -18,10 +18,9 @@ import torch
 def build(method: str, model_dir: str, rank: int):
     from blora_export import gated_model
     from blora_export.base_model import load_base_model
-    from blora_export.bops import profile_macs
     from blora_export.config import BLoRAConfig
-    from blora_export.inject import inject
-    from blora_export.targets import encoder_linears, head_modules, resolve_targets
+    from blora_export.inject import prepare
+    from blora_export.targets import head_modules, resolve_targets
 
     model = load_base_model(model_dir, 2)
     if method == "peft":
@@ -32,8 +31,7 @@ def build(method: str, model_dir: str, rank: int):
                             modules_to_save=head_modules(model))
         return get_peft_model(model, config), lambda: torch.zeros(())
     cfg = BLoRAConfig(method=method, max_rank=rank)
-    profile = profile_macs(model, cfg.seq_len, encoder_linears(model), resolve_targets(model, cfg.targets))
-    inject(model, cfg)
+    profile = prepare(model, cfg).profile
     return model, lambda: gated_model.regularizer(model, profile, cfg)
 
 

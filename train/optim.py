@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from blora_export import gates
-from blora_export.inject import wrapped_linears
+from blora_export import gates, roles
 
 from .options import TrainConfig
 
@@ -15,36 +14,24 @@ from .options import TrainConfig
 FROZEN_LOG_ALPHA = 30.0
 
 
-def is_gate(name: str) -> bool:
-    return name.endswith("log_alpha")
-
-
-def is_range(name: str) -> bool:
-    return name.endswith("_quantizer.beta")
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: nn.Module, cfg: TrainConfig, head: list[str]) -> list[dict]:
     """Adapters and head at --lr with weight decay; gates at --gate-lr and ranges at --range-lr without."""
+    group_of = {roles.ADAPTER: "weights", roles.HEAD: "weights", roles.GATE: "gates", roles.RANGE: "ranges"}
     groups = {"weights": [], "gates": [], "ranges": []}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups["gates" if is_gate(name) else "ranges" if is_range(name) else "weights"].append(p)
+    for _, role, p in roles.trainable(model, head):
+        groups[group_of[role]].append(p)
     settings = {"weights": (cfg.lr, cfg.weight_decay), "gates": (cfg.gate_lr, 0.0), "ranges": (cfg.range_lr, 0.0)}
     return [{"params": params, "name": key, "lr": settings[key][0], "base_lr": settings[key][0],
              "weight_decay": settings[key][1]} for key, params in groups.items() if params]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.999), eps=1e-8)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, head: list[str]) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg, head), betas=(0.9, 0.999), eps=1e-8)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-
-
-def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
 @torch.no_grad()
@@ -54,14 +41,10 @@ def freeze_gates(model: nn.Module) -> int:
     Idempotent, so a resumed phase 2 can call it again.
     """
     count = 0
-    for module in wrapped_linears(model).values():
-        tensors = [module.weight_quantizer.log_alpha, module.input_quantizer.log_alpha]
-        if module.max_rank:
-            tensors.append(module.rank_log_alpha)
-        for la in tensors:
-            if la.requires_grad:
-                la.copy_(torch.where(gates.is_open(la), FROZEN_LOG_ALPHA, -FROZEN_LOG_ALPHA))
-                la.requires_grad_(False)
-                la.grad = None
-                count += 1
+    for la in roles.gates(model):
+        if la.requires_grad:
+            la.copy_(torch.where(gates.is_open(la), FROZEN_LOG_ALPHA, -FROZEN_LOG_ALPHA))
+            la.requires_grad_(False)
+            la.grad = None
+            count += 1
     return count

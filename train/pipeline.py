@@ -13,21 +13,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from blora_export import roles
 from blora_export.atomic import OutputIsInputError, OutputNotWritableError, check_not_an_input, check_writable
-from blora_export.base_model import fingerprint, is_local, load_base_model
-from blora_export.bops import profile_macs
-from blora_export.checkpoint import META_FILE, CheckpointMeta, is_trained_key, save_checkpoint
+from blora_export.base_model import is_local, load_base_model
+from blora_export.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
 from blora_export.errors import first_line
 from blora_export.gated_model import calibrate
-from blora_export.inject import inject
-from blora_export.targets import encoder_linears, head_modules, resolve_targets
+from blora_export.inject import prepare
 
 from . import data as data_module
 from . import distributed, loop, report
 from .batching import Schedule, collate, encode
 from .errors import TrainError
 from .evaluate import evaluate
-from .optim import build_optimizer, trainable
+from .optim import build_optimizer
 from .options import TrainConfig
 from .runlog import LOG_FILE, RunLog
 from .schedules import warmup_steps
@@ -134,13 +133,6 @@ def _fit_lengths(cfg: TrainConfig, blora, model: nn.Module):
     return blora
 
 
-def _check_frozen(model: nn.Module, head: list[str]) -> None:
-    """DESIGN invariant: only adapters, gates, ranges and the head train."""
-    wrong = [n for n, _ in trainable(model) if not is_trained_key(n, head)]
-    if wrong:
-        raise RuntimeError(f"backbone parameters are trainable after inject: {wrong[:3]}")
-
-
 def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     dataset = data_module.load(cfg)
     if len(dataset.train) < dist.world_size:
@@ -165,9 +157,9 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
                                                               dataset.task.is_regression).items() if k != "labels"}
                    for i in range(min(cfg.calibration_batches, schedule.steps_per_epoch))]
         calibrate(model, batches)  # the same full batches on every rank: identical ranges
-    dist.broadcast([p for _, p in trainable(model)])
+    dist.broadcast([p for _, _, p in roles.trainable(model, injection.head)])
 
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, injection.head)
     if snapshot is not None:
         optimizer.load_state_dict(snapshot.optimizer)
         restore_rng(snapshot.rng)
@@ -197,15 +189,13 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
 
 
 def _prepare_model(cfg: TrainConfig, dataset):
-    """The base model, profiled and fingerprinted before inject changes it, then injected."""
+    """The base model, fingerprinted and profiled, then injected (inject.prepare owns that order)."""
     _seed_everything(cfg.seed)  # the head's and lora_A's initialisation
     model = _load_model(cfg, dataset.labels, dataset.task.problem_type)
     blora = _fit_lengths(cfg, cfg.blora_config(), model)
-    base_fingerprint = fingerprint(model, tuple(head_modules(model)))
-    profile = profile_macs(model, blora.seq_len, encoder_linears(model), resolve_targets(model, blora.targets))
-    injection = inject(model, blora)
-    _check_frozen(model, injection.head)
-    return model, blora, injection, profile, base_fingerprint
+    prepared = prepare(model, blora)
+    roles.trainable(model, prepared.injection.head)  # raises if a backbone tensor trains
+    return model, blora, prepared.injection, prepared.profile, prepared.fingerprint
 
 
 def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from blora_export.atomic import atomic_directory
-from blora_export.checkpoint import is_trained_key, trained_state
+from blora_export.roles import trained_keys, trained_state
 
 from .errors import TrainError
 
@@ -153,7 +153,7 @@ def load_snapshot(root: Path) -> Snapshot:
 def load_trained(model: nn.Module, head: list[str], tensors: dict[str, torch.Tensor]) -> None:
     """Put snapshot tensors into the model: exactly its trained tensors, with the same shapes."""
     own = model.state_dict()
-    expected = {k for k in own if is_trained_key(k, head)}
+    expected = trained_keys(model, head) & set(own)
     bad = sorted(expected.symmetric_difference(tensors)) + [k for k in tensors if k in own
                                                             and own[k].shape != tensors[k].shape]
     if bad:

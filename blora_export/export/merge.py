@@ -1,7 +1,7 @@
 """Prune closed ranks, merge adapters into W0, snap weights to their learned grids; build the float model.
 
-W = W0 + scaling * B[:, kept] diag(E[kept]) A[kept], in the same operation order as training's
-GatedLoRALinear.merged_weight (the deterministic gates of kept ranks are exactly 1, pruned ones exactly 0),
+W = W0 + lora.lora_delta(A[kept], B[:, kept], E[kept]), the formula training's GatedLoRALinear.merged_weight
+evaluates (the deterministic gates of kept ranks are exactly 1, pruned ones exactly 0),
 then snapped with THE quantize function training uses (ste.quantize_codes on the weight clamped to its range,
 as the residual quantizer does). The result is a plain transformers model with nn.Linear / nn.Embedding modules holding
 the snapped values: what torch.onnx exports before the Q/DQ pass.
@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..inject import replace_wrappers
+from ..lora import kept_components, lora_delta
 from ..residual_quant import bounds
 from ..ste import FLOAT_BITS, clamp_range, quantize_codes
 from .plan import CompressionPlan, EmbeddingPlan, LinearPlan, WeightPlan
@@ -41,9 +43,7 @@ def merge_weight(w0: torch.Tensor, lora_a: torch.Tensor | None, lora_b: torch.Te
     """W0 + scaling * B[:, kept] diag(E[kept]) A[kept] (the gate values of kept ranks are exactly 1)."""
     if not plan.max_rank:
         return w0
-    kept = list(plan.kept)
-    b, e, a = lora_b[:, kept], lora_e[kept], lora_a[kept]
-    return w0 + plan.scaling * (b * e) @ a
+    return w0 + lora_delta(*kept_components(lora_a, lora_b, lora_e, plan.kept), plan.scaling)
 
 
 def _column(values: tuple[float, ...]) -> torch.Tensor:
@@ -74,38 +74,37 @@ def _to_numpy(codes: torch.Tensor | None, values: torch.Tensor) -> MergedTensor:
     return MergedTensor(values.detach().numpy().astype(np.float32), np_codes)
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
+def _plain_linear(wrapper: nn.Module, lp: LinearPlan, merged: Merged) -> nn.Linear:
+    base = wrapper.base
+    lora = (wrapper.lora_A, wrapper.lora_B, wrapper.lora_E) if lp.max_rank else (None, None, None)
+    codes, values = snap_weight(merge_weight(base.weight, *lora, lp), lp.weight)
+    linear = nn.Linear(lp.d_in, lp.d_out, bias=lp.has_bias)
+    linear.weight = nn.Parameter(values.clone(), requires_grad=False)
+    if lp.has_bias:
+        linear.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+    merged.linears[lp.name] = _to_numpy(codes, values)
+    return linear
+
+
+def _plain_embedding(wrapper: nn.Module, ep: EmbeddingPlan, merged: Merged) -> nn.Embedding:
+    codes, values = snap_embedding(wrapper.base.weight, ep)
+    emb = copy.deepcopy(wrapper.base)
+    emb.weight = nn.Parameter(values.clone(), requires_grad=False)
+    merged.embeddings[ep.name] = _to_numpy(codes, values)
+    return emb
 
 
 @torch.no_grad()
 def build_float_model(model: nn.Module, plan: CompressionPlan) -> Merged:
     """A copy of the checkpoint model with every wrapped module replaced by a plain one holding snapped values."""
-    float_model = copy.deepcopy(model).eval()
-    merged = Merged(float_model)
+    merged = Merged(copy.deepcopy(model).eval())
+    linears = {lp.name: lp for lp in plan.linears}
+    embeddings = {ep.name: ep for ep in plan.embeddings}
+    replace_wrappers(merged.model, lambda name, wrapper: _plain_embedding(wrapper, embeddings[name], merged)
+                     if name in embeddings else _plain_linear(wrapper, linears[name], merged))
     for lp in plan.linears:
-        module = float_model.get_submodule(lp.name)
-        if lp.role != "quantized":
-            merged.linears[lp.name] = _to_numpy(None, module.weight)
-            continue
-        base = module.base
-        lora = (module.lora_A, module.lora_B, module.lora_E) if lp.max_rank else (None, None, None)
-        codes, values = snap_weight(merge_weight(base.weight, *lora, lp), lp.weight)
-        linear = nn.Linear(lp.d_in, lp.d_out, bias=lp.has_bias)
-        linear.weight = nn.Parameter(values.clone(), requires_grad=False)
-        if lp.has_bias:
-            linear.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=False)
-        _set_module(float_model, lp.name, linear)
-        merged.linears[lp.name] = _to_numpy(codes, values)
-    for ep in plan.embeddings:
-        module = float_model.get_submodule(ep.name)
-        base = module.base
-        codes, values = snap_embedding(base.weight, ep)
-        emb = copy.deepcopy(base)
-        emb.weight = nn.Parameter(values.clone(), requires_grad=False)
-        _set_module(float_model, ep.name, emb)
-        merged.embeddings[ep.name] = _to_numpy(codes, values)
-    for p in float_model.parameters():
+        if lp.role != "quantized":  # fp32 Linears (pooler, classifier): their values, for the graph pass
+            merged.linears[lp.name] = _to_numpy(None, merged.model.get_submodule(lp.name).weight)
+    for p in merged.model.parameters():
         p.requires_grad_(False)
     return merged

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..inject import wrapped_linears
+from ..lora import kept_components, lora_factors
 from .plan import CompressionPlan
 
 ADAPTER_DIR = "peft_adapter"
@@ -41,9 +42,8 @@ def adapter_tensors(model: nn.Module, plan: CompressionPlan, head: list[str]) ->
         if not lp.adapted or not lp.rank:
             continue
         layer = wrapped[lp.name]
-        kept = list(lp.kept)
-        a = layer.lora_A.detach()[kept]
-        b = layer.lora_B.detach()[:, kept] * layer.lora_E.detach()[kept]
+        a, b, e = kept_components(layer.lora_A.detach(), layer.lora_B.detach(), layer.lora_E.detach(), lp.kept)
+        b, a = lora_factors(a, b, e)
         out[f"{PREFIX}{lp.name}.lora_A.weight"] = a.float().contiguous()
         out[f"{PREFIX}{lp.name}.lora_B.weight"] = b.float().contiguous()
     for key, value in model.state_dict().items():

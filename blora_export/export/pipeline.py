@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from .. import runtime
 from ..atomic import OutputExistsError, atomic_directory, check_not_an_input, check_writable
 from ..bops import MacProfile, profile_macs
 from ..checkpoint import CheckpointError, check_no_remote_code, load_checkpoint, read_validation
-from ..inject import wrapped_embeddings, wrapped_linears
+from ..inject import strip
 from . import report
 from .graph_audit import AuditError, GraphAudit, audit_graph
 from .measure import latency, runtime_kernels
@@ -45,21 +44,11 @@ class CompressResult:
     timings: dict = field(default_factory=dict)
 
 
-def original_architecture(model: nn.Module) -> nn.Module:
-    """A copy of an injected model with every wrapper replaced by the module it wraps (original names)."""
-    plain = copy.deepcopy(model)
-    for name in list(wrapped_linears(plain)) + list(wrapped_embeddings(plain)):
-        parent, _, child = name.rpartition(".")
-        holder = plain.get_submodule(parent) if parent else plain
-        setattr(holder, child, getattr(holder, child).base)
-    return plain
-
-
 def mac_profile_at(model: nn.Module, stored: MacProfile, seq_len: int) -> MacProfile:
     """The checkpoint's MAC profile, re-profiled on the original architecture when T differs."""
     if seq_len == stored.seq_len:
         return stored
-    return profile_macs(original_architecture(model), seq_len, stored.quantizable, stored.adapted)
+    return profile_macs(strip(model), seq_len, stored.quantizable, stored.adapted)
 
 
 def _check_seq_len(model: nn.Module, seq_len: int) -> None:
