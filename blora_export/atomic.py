@@ -9,16 +9,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import UserError
 
-class OutputExistsError(FileExistsError):
+
+class OutputExistsError(UserError, FileExistsError):
     pass
 
 
-class OutputNotWritableError(PermissionError):
+class OutputNotWritableError(UserError, PermissionError):
     pass
 
 
-class OutputIsInputError(FileExistsError):
+class OutputIsInputError(UserError, FileExistsError):
     """The output is, or contains, one of the command's inputs: replacing it would delete that input."""
 
 

@@ -34,6 +34,15 @@ def load_base_model(ref: str, num_labels: int, id2label: dict[int, str] | None =
         hf_logging.set_verbosity(previous)
 
 
+def max_positions(model: nn.Module) -> int | None:
+    """The longest token sequence the model's position embeddings take (None: no limit recorded)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and config.model_type == "roberta":  # positions start after the padding index
+        limit -= (config.pad_token_id or 0) + 1
+    return limit
+
+
 def fingerprint(model: nn.Module, exclude_prefixes: tuple[str, ...] = ()) -> str:
     """sha256 over the frozen backbone's tensors (names and bytes), head excluded: identifies the base model."""
     h = hashlib.sha256()

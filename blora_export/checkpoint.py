@@ -23,7 +23,7 @@ from .atomic import atomic_directory
 from .base_model import fingerprint, load_base_model
 from .bops import MacProfile
 from .config import BLoRAConfig, ConfigError
-from .errors import first_line
+from .errors import UserError, first_line
 from .inject import Injection, inject
 from .roles import trained_keys, trained_state
 
@@ -34,7 +34,7 @@ SUMMARY_FILE = "summary.json"
 VALIDATION_FILE = "validation.jsonl"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded; the message says what is wrong and what to do."""
 
 

@@ -7,14 +7,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .ste import WIDTHS
+from .errors import UserError
+from .widths import WIDTHS
 
 METHODS = ("blora", "lora", "qat")
 ACT_WIDTHS = (4, 8, 16, 32)
 EMBEDDING_WIDTHS = (4, 8, 32)
+DEFAULT_SEQ_LEN = 128  # T of the MAC profile and BOP counts, unless the model has fewer positions
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value that makes no sense; the message names the option and the fix."""
 
 
@@ -63,7 +65,7 @@ class BLoRAConfig:
     bops_weight: float = 2e-3  # mu
     rank_weight: float = 1e-3  # lambda_r
     gate_init: float = 3.0  # initial log_alpha of gates that start open
-    seq_len: int = 128  # sequence length T at which MACs and BOPs are counted
+    seq_len: int | None = None  # T at which MACs and BOPs are counted; None: DEFAULT_SEQ_LEN or the model's limit
 
     def validate(self) -> BLoRAConfig:
         if self.method not in METHODS:
@@ -77,8 +79,8 @@ class BLoRAConfig:
                               f"{self.rank_weight}")
         if not abs(self.gate_init) < float("inf"):
             raise ConfigError(f"gate init must be a finite number, got {self.gate_init}")
-        if self.seq_len < 1:
-            raise ConfigError(f"seq len must be >= 1, got {self.seq_len}")
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"bops seq len must be >= 1, got {self.seq_len}")
         if self.embedding_bits not in EMBEDDING_WIDTHS:
             raise ConfigError(f"embedding bits must be one of {list(EMBEDDING_WIDTHS)}, got {self.embedding_bits}")
         if not (isinstance(self.targets, str) or isinstance(self.targets, list | tuple)):

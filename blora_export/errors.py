@@ -1,10 +1,17 @@
-"""User-facing errors: one line that names the problem and the fix, exit status 2, no traceback."""
+"""User errors versus bugs.
+
+Every error a user can fix (a bad option, a damaged file, an unwritable output, a model or graph this tool
+cannot handle) is a `UserError`: the command line prints its message as one line `Error: ...` with exit
+status 2. Exceptions of the libraries this project drives (onnx, onnxruntime, safetensors, tokenizers, file
+I/O) are turned into a UserError where they are expected, with the file or option at fault in the message.
+Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-import functools
 
-import click
+class UserError(Exception):
+    """Input or environment the user can fix; the message names the problem and the fix."""
 
 
 def first_line(e: BaseException) -> str:
@@ -12,33 +19,6 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-class UserError(click.ClickException):
-    """Bad input: printed as one line, exit status 2."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"Error: {self.format_message()}", err=True)
-
-
-def user_errors(*kinds: type[BaseException]):
-    """Turn the listed exception types raised inside a command into one-line UserErrors.
-
-    With --debug (ctx.obj["debug"]) the traceback is shown instead.
-    """
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except kinds as e:
-                ctx = click.get_current_context(silent=True)
-                if ctx is not None and (ctx.find_root().obj or {}).get("debug"):
-                    raise
-                message = " ".join(str(e).split()) or type(e).__name__
-                raise UserError(message) from None
-
-        return inner
-
-    return wrap
+def one_line(e: BaseException) -> str:
+    """The whole message with its white space folded into one line, or the type's name."""
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,6 +1,6 @@
 """`blora-export eval`: the task metric of a compress output (onnxruntime), optionally next to its checkpoint's.
 
-The validation data are read by the training stage's own code (train.data.load_validation), tokenized the way
+The validation data are read by the code `train` reads them with (blora_export.data.load_validation), tokenized the way
 deployment does (blora_export.runtime: truncation at the recorded max_length, padding per batch), and their
 labels mapped to the class ids of the label names recorded in OUT/deploy.json.
 """
@@ -14,32 +14,27 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import DataSpec
+from .errors import UserError
 
-class EvalError(ValueError):
+
+class EvalError(UserError, ValueError):
     """Data or model that cannot be evaluated together; the message says what to fix."""
 
 
 @dataclass
 class EvalOptions:
-    task: str
-    data_dir: str | None = None
-    validation_file: str | None = None
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    max_eval_samples: int | None = None
+    data: DataSpec  # the validation split: data_dir's dev file or validation_file (no training file)
     batch_size: int = 32
     ckpt: str | None = None
     trust_remote_code: bool = False
 
     def validate(self) -> EvalOptions:
-        if bool(self.data_dir) == bool(self.validation_file):
+        if bool(self.data.data_dir) == bool(self.data.validation_file) or self.data.train_file:
             raise EvalError("pass the validation data as exactly one of --data-dir DIR or --validation-file FILE")
-        for path in (self.data_dir, self.validation_file):
-            if path and not Path(path).exists():
-                raise EvalError(f"data path {path} does not exist")
-        if self.batch_size < 1 or (self.max_eval_samples is not None and self.max_eval_samples < 1):
-            raise EvalError("--batch-size and --max-eval-samples must be >= 1")
+        self.data.validate()
+        if self.batch_size < 1:
+            raise EvalError("--batch-size must be >= 1")
         return self
 
 
@@ -59,7 +54,7 @@ def _label_map(task, model_labels: list[str], regression_model: bool, out_dir) -
 
 
 def _report(logits: np.ndarray, labels: np.ndarray, task) -> dict[str, float]:
-    from train import metrics
+    from .data import metrics
 
     return metrics.compute(task.metrics, logits, labels, task.is_regression)
 
@@ -67,20 +62,14 @@ def _report(logits: np.ndarray, labels: np.ndarray, task) -> dict[str, float]:
 def evaluate_export(out_dir: str | Path, options: EvalOptions,
                     log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Metrics of OUT's ONNX model on the validation data (and of the checkpoint with options.ckpt)."""
-    from train import TrainConfig
-    from train.data import load_validation
-
     from . import runtime
+    from .data import load_validation
 
     options.validate()
     predictor = runtime.load(out_dir)
     model_labels = predictor.labels
-    regression_model = predictor.deploy.get("problem_type") == "regression"
-    cfg = TrainConfig(model="", task=options.task, output_dir="", data_dir=options.data_dir,
-                      validation_file=options.validation_file, text_column=options.text_column,
-                      text_pair_column=options.text_pair_column, label_column=options.label_column,
-                      max_eval_samples=options.max_eval_samples)
-    task, examples = load_validation(cfg, None if regression_model else model_labels)
+    regression_model = predictor.deploy.problem_type == "regression"
+    task, examples = load_validation(options.data, None if regression_model else model_labels)
     mapping = _label_map(task, model_labels, regression_model, out_dir)
     labels = np.asarray([e.label for e in examples])
     if mapping is not None:
@@ -100,7 +89,7 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
         raise EvalError(f"the model in {out_dir} outputs {onnx_logits.shape[-1]} logits but deploy.json lists "
                         f"{n_out} labels; re-run `blora-export compress`")
     result = {"task": task.name, "metric": task.metric, "n_examples": len(examples),
-              "data": str(options.data_dir or options.validation_file), "model": str(out_dir),
+              "data": str(options.data.data_dir or options.data.validation_file), "model": str(out_dir),
               "batch_size": options.batch_size,
               "onnx": {**_report(onnx_logits, labels, task),
                        "examples_per_second": len(examples) / elapsed if elapsed > 0 else None},

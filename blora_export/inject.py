@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base_model import fingerprint
+from .base_model import fingerprint, max_positions
 from .bops import MacProfile, profile_macs
-from .config import BLoRAConfig
+from .config import DEFAULT_SEQ_LEN, BLoRAConfig, ConfigError, replace
 from .lora import GatedLoRALinear, QuantizedEmbedding
-from .targets import embedding_tables, encoder_linears, head_modules, resolve_targets
+from .targets import TargetError, embedding_tables, encoder_linears, head_modules, resolve_targets
 
 
 @dataclass
@@ -27,8 +27,9 @@ class Injection:
 @dataclass
 class Prepared:
     model: nn.Module  # injected in place
+    config: BLoRAConfig  # with seq_len resolved
     injection: Injection
-    profile: MacProfile  # MACs of the base model at cfg.seq_len, counted before injecting
+    profile: MacProfile  # MACs of the base model at config.seq_len, counted before injecting
     fingerprint: str  # of the base model's frozen tensors (head excluded), taken before injecting
 
 
@@ -48,7 +49,7 @@ def inject(model: nn.Module, cfg: BLoRAConfig, adapted: list[str] | None = None)
     quantized = encoder_linears(model)
     missing = sorted(set(adapted) - set(quantized))
     if missing:
-        raise ValueError(f"adapted modules not found among the encoder's Linears: {missing}")
+        raise TargetError(f"adapted modules not found among the encoder's Linears: {missing}")
     embeddings = embedding_tables(model)
     head = head_modules(model)
     for p in model.parameters():
@@ -71,16 +72,26 @@ def wrapped_embeddings(model: nn.Module) -> dict[str, QuantizedEmbedding]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantizedEmbedding)}
 
 
+def bops_seq_len(model: nn.Module, cfg: BLoRAConfig) -> int:
+    """T of the MAC profile: cfg.seq_len, or DEFAULT_SEQ_LEN shortened to the model's position limit."""
+    limit = max_positions(model)
+    if cfg.seq_len is None:
+        return min(DEFAULT_SEQ_LEN, limit) if limit else DEFAULT_SEQ_LEN
+    if limit and cfg.seq_len > limit:
+        raise ConfigError(f"--bops-seq-len {cfg.seq_len} exceeds the model's {limit} positions")
+    return cfg.seq_len
+
+
 def prepare(model: nn.Module, cfg: BLoRAConfig) -> Prepared:
     """Fingerprint and MAC-profile the base model, then inject: a checkpoint records the base as it was loaded,
     and the MAC profile counts the plain Linears, so both must come before any wrapper exists."""
-    cfg.validate()
+    cfg = replace(cfg, seq_len=bops_seq_len(model, cfg))
     head = head_modules(model)
     base_fingerprint = fingerprint(model, tuple(head))
     adapted = resolve_targets(model, cfg.targets)
     profile = profile_macs(model, cfg.seq_len, encoder_linears(model), adapted)
     injection = inject(model, cfg, adapted)
-    return Prepared(model, injection, profile, base_fingerprint)
+    return Prepared(model, cfg, injection, profile, base_fingerprint)
 
 
 def replace_wrappers(model: nn.Module, make: Callable[[str, nn.Module], nn.Module]) -> nn.Module:

@@ -12,21 +12,21 @@ the same results (the export avoids onnxruntime's AVX2 int8 saturation by constr
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DEPLOY_FILE = "deploy.json"
-MODEL_FILE = "model.onnx"
+from .errors import UserError
+from .export.artifacts import DEPLOY_FILE, ArtifactError, Deploy
+
 # Guard: onnxruntime's WeightBiasQuantization pass would re-quantize an fp32 weight that sits next to a
 # quantized activation (int8 per tensor). The export never builds that pattern; the loader disables it anyway.
 SESSION_CONFIG: dict[str, str] = {"optimization.disable_specified_optimizers": "WeightBiasQuantization"}
 
 
-class DeploymentError(ValueError):
+class DeploymentError(UserError, ValueError):
     """The directory is not a complete `blora-export compress` output."""
 
 
@@ -43,29 +43,29 @@ def session_options(config: dict[str, str] | None = None, threads: int | None = 
     return so
 
 
-def read_deploy(out_dir: str | Path) -> dict[str, Any]:
+def read_deploy(out_dir: str | Path) -> Deploy:
     path = Path(out_dir) / DEPLOY_FILE
     if not path.is_file():
         raise DeploymentError(f"{path} is missing; {out_dir} is not a `blora-export compress` output directory")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DeploymentError(f"{path} is not valid JSON ({e.msg})") from None
+        return Deploy.read(out_dir)
+    except ArtifactError as e:
+        raise DeploymentError(f"{e}; re-run `blora-export compress`") from None
 
 
 @dataclass
 class Predictor:
     session: Any
     tokenizer: Any
-    deploy: dict[str, Any] = field(default_factory=dict)
+    deploy: Deploy
 
     @property
     def labels(self) -> list[str]:
-        return list(self.deploy.get("labels", []))
+        return list(self.deploy.labels)
 
     @property
     def max_length(self) -> int:
-        return int(self.deploy["max_length"])
+        return self.deploy.max_length
 
     @property
     def input_names(self) -> list[str]:
@@ -90,7 +90,7 @@ class Predictor:
 
     def predict(self, texts: list[str], text_pairs: list[str] | None = None, batch_size: int = 32) -> list[dict]:
         logits = self.logits(texts, text_pairs, batch_size)
-        problem = self.deploy.get("problem_type", "single_label_classification")
+        problem = self.deploy.problem_type
         results = []
         for row in logits:
             if problem == "regression":
@@ -115,10 +115,10 @@ def load(out_dir: str | Path, providers: list[str] | None = None, threads: int |
 
     out_dir = Path(out_dir)
     deploy = read_deploy(out_dir)
-    model = out_dir / deploy.get("model", MODEL_FILE)
+    model = out_dir / deploy.model
     if not model.is_file():
         raise DeploymentError(f"{model} is missing; re-run `blora-export compress`")
-    so = session_options(deploy.get("session_config", SESSION_CONFIG), threads)
+    so = session_options(deploy.session_config, threads)
     session = ort.InferenceSession(str(model), so, providers=providers or ["CPUExecutionProvider"])
     tokenizer = AutoTokenizer.from_pretrained(str(out_dir))
     return Predictor(session, tokenizer, deploy)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
-WIDTHS = (2, 4, 8, 16, 32)
-FLOAT_BITS = 32  # 32 bits means "keep the float value": no grid, no clipping
+from .widths import FLOAT_BITS, WIDTHS
+
+__all__ = ["FLOAT_BITS", "WIDTHS", "clamp_range", "code_range", "fake_quantize", "quantize_codes", "round_ste",
+           "step_size"]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:

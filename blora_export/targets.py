@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import UserError
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -28,7 +30,7 @@ REGISTRY: dict[str, ModelFamily] = {
 }
 
 
-class TargetError(ValueError):
+class TargetError(UserError, ValueError):
     """Targets that match nothing, or a model type the registry does not know."""
 
 

@@ -63,7 +63,7 @@ def _linear_rows(audit):
 
 
 def test_audit_fp32_graph(graphs):
-    audit = audit_onnx(graphs / "fp32.onnx", T)
+    audit = audit_onnx(graphs / "fp32.onnx", T).to_dict()
     assert all(KEYS <= set(r) for r in audit["layers"])
     assert all((r["w_bits"], r["a_bits"]) == (32, 32) for r in audit["layers"])
     assert sum(r["macs"] for r in _linear_rows(audit)) == LINEAR_MACS
@@ -78,7 +78,7 @@ def test_audit_fp32_graph(graphs):
 
 
 def test_audit_quantize_dynamic(graphs):
-    audit = audit_onnx(graphs / "dynamic.onnx", T)
+    audit = audit_onnx(graphs / "dynamic.onnx", T).to_dict()
     linears = _linear_rows(audit)
     assert len(linears) == 14 and all((r["w_bits"], r["a_bits"]) == (8, 8) for r in linears)
     assert all(r["container"] == "int8" for r in linears)
@@ -100,7 +100,7 @@ def test_audit_quantize_dynamic(graphs):
 
 
 def test_audit_quantize_static(graphs):
-    audit = audit_onnx(graphs / "static.onnx", T)
+    audit = audit_onnx(graphs / "static.onnx", T).to_dict()
     assert len(_linear_rows(audit)) == 14
     assert all((r["w_bits"], r["a_bits"]) == (8, 8) for r in audit["layers"])  # QDQ attention too
     whole = audit["totals"]["whole_model"]
@@ -110,7 +110,7 @@ def test_audit_quantize_static(graphs):
 
 def test_audit_compress_output_matches_its_audit_json():
     out, _ = compressed("bert")
-    audit = audit_onnx(out / "model.onnx", T)
+    audit = audit_onnx(out / "model.onnx", T).to_dict()
     written = read_json(out / "audit.json")
     hand = hand_bops_tiny_bert(T)
     assert audit["totals"]["whole_model"]["bops"] == hand["whole"]

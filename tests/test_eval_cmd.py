@@ -10,9 +10,9 @@ from export_support import checkpoint, compressed
 
 from blora_export import runtime
 from blora_export.cli import main
+from blora_export.data import glue_task
 from blora_export.evaluation import EvalError, _label_map
 from blora_export.testing import synthetic_sentiment
-from train.tasks import glue_task
 
 ROWS = synthetic_sentiment(40, seed=7)
 

@@ -58,7 +58,7 @@ def _torch_logits(ckpt, batches):
 @pytest.mark.parametrize("model_type,profile", BLORA_CASES)
 def test_onnxruntime_reproduces_pytorch(model_type, profile):
     out, result = compressed(model_type, "blora", profile)
-    verify = result.audit["verify"]
+    verify = result.audit.to_dict()["verify"]
     for r in (verify, verify["default_options"]):  # the project's loader and plain onnxruntime
         assert r["n_inputs"] == 64 and r["agreement"] == 1.0 and r["within_tolerance"], r
     # Independently of the pipeline: new inputs of other lengths, the one tolerance rule of verify.py.
@@ -179,7 +179,7 @@ def test_speed_profile_runs_integer_kernels(model_type, tmp_path):
         for lp in result.plan.linears:
             on_integer_kernel = f"{lp.name}.weight_quant" in integer_inputs
             assert on_integer_kernel == (lp.kernel == KERNEL_INTEGER), (profile, lp.name)
-        kernels = result.audit["runtime_kernels"]
+        kernels = result.audit.to_dict()["runtime_kernels"]
         assert kernels["integer_products_found"] == kernels["integer_products_expected"]
         n_integer = sum(lp.kernel == KERNEL_INTEGER for lp in result.plan.linears)
         assert n_integer == (5 if profile == "speed" else 2)  # 8-bit-activation layers with <= 8-bit weights
@@ -188,20 +188,20 @@ def test_speed_profile_runs_integer_kernels(model_type, tmp_path):
 @pytest.mark.parametrize("model_type,method,profile", [("bert", "lora", "speed"), ("deberta-v2", "qat", "size")])
 def test_lora_and_qat_checkpoints_export(model_type, method, profile):
     out, result = compressed(model_type, method, profile)
-    verify = result.audit["verify"]
+    verify = result.audit.to_dict()["verify"]
     assert verify["agreement"] == 1.0 and verify["within_tolerance"]
     assert verify["default_options"]["within_tolerance"]
     model = onnx.load(str(out / "model.onnx"))
     ops = {n.op_type for n in model.graph.node}
-    rows = [r for r in result.audit["layers"] if r["kind"] == "linear"]
+    rows = [r for r in result.audit.to_dict()["layers"] if r["kind"] == "linear"]
     if method == "lora":
         assert not ops & {"QuantizeLinear", "DequantizeLinear"}
         assert all((r["w_bits"], r["a_bits"]) == (32, 32) for r in rows)
-        assert result.audit["totals"]["whole_model"]["reduction"] == 0.0
+        assert result.audit.to_dict()["totals"]["whole_model"]["reduction"] == 0.0
     else:
         quantized = [r for r in rows if r["name"] in result.plan.quantized]
         assert all((r["w_bits"], r["a_bits"], r["container"]) == (8, 8, "uint8") for r in quantized)
-        assert result.audit["runtime_kernels"]["integer_products_found"] == 12
+        assert result.audit.to_dict()["runtime_kernels"]["integer_products_found"] == 12
 
 
 def test_same_checkpoint_gives_identical_bytes(tmp_path):
@@ -248,11 +248,11 @@ def test_other_seq_len_is_re_profiled_and_validation_file_with_pairs(tmp_path):
     out = tmp_path / "out"
     result = compress(checkpoint("bert"), out, CompressOptions(seq_len=16, validation_file=str(pairs),
                                                                timing_runs=0))
-    rows = {r["name"]: r for r in result.audit["layers"]}
-    assert result.audit["seq_len"] == 16
+    rows = {r["name"]: r for r in result.audit.to_dict()["layers"]}
+    assert result.audit.to_dict()["seq_len"] == 16
     assert rows["bert.encoder.layer.0.attention.self.query"]["macs"] == 16 * 32 * 32
     assert rows["/bert/encoder/layer.0/attention/self/MatMul"]["macs"] == 16 * 16 * 32
-    assert result.audit["verify"]["n_inputs"] == 10 and result.audit["verify"]["agreement"] == 1.0
+    assert result.audit.to_dict()["verify"]["n_inputs"] == 10 and result.audit.to_dict()["verify"]["agreement"] == 1.0
 
 
 def test_checkpoint_without_validation_needs_a_file_or_no_verify(tmp_path):
@@ -263,7 +263,7 @@ def test_checkpoint_without_validation_needs_a_file_or_no_verify(tmp_path):
         compress(ckpt, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     result = compress(ckpt, tmp_path / "out", CompressOptions(verify=False, timing_runs=0))
-    assert result.audit["verify"] == {"skipped": True}
+    assert result.audit.to_dict()["verify"] == {"skipped": True}
     assert ROOT.exists()
 
 
@@ -274,8 +274,8 @@ def test_int4_embeddings_and_per_tensor_weights(tmp_path):
     ckpt = make_test_checkpoint(tmp_path / "ckpt", base_dir("bert"), method="qat",
                                 embedding_bits=4, per_channel_weights=False, n_validation=24)
     result = compress(ckpt, tmp_path / "out", CompressOptions(timing_runs=0))
-    assert result.audit["verify"]["agreement"] == 1.0 and result.audit["verify"]["within_tolerance"]
-    assert {e["bits"] for e in result.audit["embeddings"]} == {4}
+    assert result.audit.to_dict()["verify"]["agreement"] == 1.0 and result.audit.to_dict()["verify"]["within_tolerance"]
+    assert {e["bits"] for e in result.audit.to_dict()["embeddings"]} == {4}
     graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
     tables = [t for t in graph.initializer if t.name.endswith("embeddings.weight_quant")]
     assert len(tables) == 3 and all(t.data_type == TensorProto.INT4 for t in tables)
@@ -290,10 +290,10 @@ def test_deberta_with_separate_position_projections(tiny_deberta_dir, tmp_path):
 
     ckpt = make_test_checkpoint(tmp_path / "ckpt", tiny_deberta_dir, n_validation=32)
     result = compress(ckpt, tmp_path / "out", CompressOptions(timing_runs=0))
-    verify = result.audit["verify"]
+    verify = result.audit.to_dict()["verify"]
     assert verify["agreement"] == 1.0 and verify["default_options"]["agreement"] == 1.0
     assert verify["within_tolerance"] and verify["default_options"]["within_tolerance"]
-    rows = {r["name"]: r for r in result.audit["layers"]}
+    rows = {r["name"]: r for r in result.audit.to_dict()["layers"]}
     pos = [n for n in rows if ".pos_" in n]
     assert len(pos) == 4 and all(rows[n]["macs"] == 2 * 16 * 32 * 32 for n in pos)  # 2 * position_buckets rows
-    assert any("constant input" in n for n in result.audit["notes"])
+    assert any("constant input" in n for n in result.audit.to_dict()["notes"])

@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from train import metrics
-from train.tasks import GLUE, classification_task
+from blora_export.data import GLUE, classification_task, metrics
 
 PRED = [1, 0, 1, 1, 0, 1, 0, 0]
 GOLD = [1, 0, 0, 1, 0, 1, 1, 0]  # TP 3, TN 3, FP 1, FN 1

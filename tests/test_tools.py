@@ -35,7 +35,7 @@ def test_ptq_of_a_lora_export_is_audited_from_its_graph(tmp_path, mode):
     texts = [(r["sentence"], None) for r in synthetic_sentiment(16)]
     path = ptq.quantize(fp32_out, tmp_path / mode, mode, texts if mode == "static" else None, batch_size=8)
     assert {p.name for p in path.parent.iterdir()} >= {"model.onnx", "deploy.json", "tokenizer.json"}
-    audit = audit_onnx(path, 32)
+    audit = audit_onnx(path, 32).to_dict()
     fp32_audit = read_json(fp32_out / "audit.json")
     assert fp32_audit["totals"]["whole_model"]["reduction"] == 0.0
     linears = {r["name"]: r for r in audit["layers"] if r["kind"] == "linear"}
@@ -50,11 +50,12 @@ def test_ptq_of_a_lora_export_is_audited_from_its_graph(tmp_path, mode):
 
 
 def test_peft_peer_trains_and_reports(glue_dir, tiny_bert_dir):
-    from train import TrainConfig
+    from blora_export.data import DataSpec
+    from train.options import OptimSpec
 
-    cfg = TrainConfig(model=str(tiny_bert_dir), task="sst2", output_dir="", data_dir=str(glue_dir),
-                      max_seq_length=32, batch_size=8, lr=5e-3)
-    result = peft_lora.train_peft(cfg, steps=4, rank=4, alpha=8.0)
+    data = DataSpec(task="sst2", data_dir=str(glue_dir), max_seq_length=32)
+    result = peft_lora.train_peft(str(tiny_bert_dir), data, OptimSpec(batch_size=8, lr=5e-3), "qkv", steps=4,
+                                  rank=4, alpha=8.0, eval_batch_size=64)
     assert result["steps"] == 4 and result["seconds_per_step"] > 0
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0 and result["validation_examples"] == 32
     assert result["trainable_parameters"] > 0

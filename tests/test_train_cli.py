@@ -72,7 +72,7 @@ def test_config_file_classification_pairs_and_existing_output(tmp_path, tiny_ber
                         "--output-dir", out))
     _, meta = load_checkpoint(out)
     assert meta.labels == ["no", "yes"] and meta.task == "classification"
-    assert meta.options["max_steps"] == 2 and meta.options["batch_size"] == 8
+    assert meta.options["optim"]["max_steps"] == 2 and meta.options["optim"]["batch_size"] == 8
     assert meta.config.weight_bits == (4, 8, 16) and meta.max_seq_length == 24
     assert json.loads((out / "validation.jsonl").read_text().splitlines()[0])["text_pair"] == "the film"
 

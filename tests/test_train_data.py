@@ -4,15 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from train.data import load, read_table
-from train.errors import TrainError
-from train.options import TrainConfig
+from blora_export.data import DataError, DataSpec, load, read_table
 
 GLUE_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 
-def _cfg(tmp_path, task, **kw) -> TrainConfig:
-    return TrainConfig(model="m", task=task, output_dir=str(tmp_path / "out"), **kw)
+def _cfg(tmp_path, task, **kw) -> DataSpec:
+    return DataSpec(task=task, **kw)
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -98,17 +96,17 @@ def test_classification_files(tmp_path):
     assert data.labels == ["2", "10"] and data.validation[0].label == 1
 
     bad_dev = _write(tmp_path / "bad.tsv", ["text\tlabel", "c\t7"])
-    with pytest.raises(TrainError, match="label '7' is not one of"):
+    with pytest.raises(DataError, match="label '7' is not one of"):
         load(_cfg(tmp_path, "classification", train_file=str(train), validation_file=str(bad_dev)))
-    with pytest.raises(TrainError, match="no column 'body'"):
+    with pytest.raises(DataError, match="no column 'body'"):
         load(_cfg(tmp_path, "classification", train_file=str(train), validation_file=str(dev), text_column="body"))
-    with pytest.raises(TrainError, match="unsupported file type"):
+    with pytest.raises(DataError, match="unsupported file type"):
         read_table(_write(tmp_path / "x.txt", ["hi"]))
 
 
 def test_glue_dir_without_files_says_what_is_expected(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TrainError, match="GLUE layout"):
+    with pytest.raises(DataError, match="GLUE layout"):
         load(_cfg(tmp_path, "rte", data_dir=str(tmp_path / "empty")))
 
 
@@ -118,15 +116,15 @@ def test_offline_hub_fails_with_advice(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(TrainError, match="--data-dir DIR .*--train-file/--validation-file"):
+    with pytest.raises(DataError, match="--data-dir DIR .*--train-file/--validation-file"):
         load(_cfg(tmp_path, "sst2"))
 
 
 @pytest.mark.skipif(not (GLUE_ROOT / "SST-2" / "train.tsv").is_file(), reason="shared GLUE files not present")
 def test_real_glue_files():
-    sst2 = load(TrainConfig(model="m", task="sst2", output_dir="o", data_dir=str(GLUE_ROOT / "SST-2")))
+    sst2 = load(DataSpec(task="sst2", data_dir=str(GLUE_ROOT / "SST-2")))
     assert (len(sst2.train), len(sst2.validation)) == (67349, 872)
     assert sum(e.label for e in sst2.validation) == 444
-    rte = load(TrainConfig(model="m", task="rte", output_dir="o", data_dir=str(GLUE_ROOT / "RTE")))
+    rte = load(DataSpec(task="rte", data_dir=str(GLUE_ROOT / "RTE")))
     assert (len(rte.train), len(rte.validation)) == (2490, 277)
     assert sum(e.label == 0 for e in rte.train) == 1249  # entailment

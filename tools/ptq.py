@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-MODEL_FILE = "model.onnx"
+from blora_export.export.artifacts import MODEL_FILE
 
 
 def calibration_feeds(fp32_out: Path, texts: list[tuple[str, str | None]], batch_size: int) -> list[dict]:
@@ -78,7 +78,7 @@ def quantize(fp32_out: Path, dst: Path, mode: str, texts: list[tuple[str, str | 
 
 def sample_texts(path: Path, column: str | None, pair_column: str | None, n: int,
                  seed: int = 0) -> list[tuple[str, str | None]]:
-    from train.data import read_table
+    from blora_export.data import read_table
 
     rows = read_table(path)
     column = column or next((c for c in ("text", "sentence", "sentence1") if c in rows[0]), None)

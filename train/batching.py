@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data import Example
+from blora_export.data import Example
 
 
 @dataclass

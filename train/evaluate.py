@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import metrics
+from blora_export.data import Task, metrics
+
 from .batching import Encoded, collate
-from .tasks import Task
 
 
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:

@@ -20,6 +20,7 @@ from torch import nn
 from blora_export import gates
 from blora_export.bops import MacProfile
 from blora_export.config import BLoRAConfig
+from blora_export.data import Task
 from blora_export.gated_model import expected_bops, regularizer
 
 from .batching import Encoded, Schedule, collate, shard
@@ -30,7 +31,6 @@ from .options import TrainConfig
 from .runlog import RunLog
 from .schedules import lr_factor, regularizer_factor
 from .state import save_snapshot
-from .tasks import Task
 
 # Test hook: stop as if interrupted (Ctrl-C) right after this step; used to prove that --resume is exact.
 INTERRUPT_ENV = "BLORA_EXPORT_TEST_INTERRUPT_AFTER_STEP"
@@ -53,13 +53,13 @@ class Run:
     optimizer: torch.optim.Optimizer
     dist: Dist
     log: RunLog
-    main_steps: int  # steps with learned gates; then cfg.fixed_gate_steps with frozen gates
+    main_steps: int  # steps with learned gates; then cfg.optim.fixed_gate_steps with frozen gates
     warmup_steps: int
     data_record: dict = field(default_factory=dict)  # what a snapshot records about the data order
 
     @property
     def total_steps(self) -> int:
-        return self.main_steps + self.cfg.fixed_gate_steps
+        return self.main_steps + self.cfg.optim.fixed_gate_steps
 
 
 def _seed(seed: int, step: int, stream: int) -> int:
@@ -81,8 +81,8 @@ def expected_reduction(model: nn.Module, profile: MacProfile) -> tuple[float, fl
 def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str, float]:
     cfg, dist, model = run.cfg, run.dist, run.model
     set_lr(run.optimizer, lr_factor(step, run.warmup_steps, run.total_steps))
-    torch.manual_seed(_seed(cfg.seed, step, 1 + dist.rank))
-    gate_generator.manual_seed(_seed(cfg.seed, step, 0))
+    torch.manual_seed(_seed(cfg.optim.seed, step, 1 + dist.rank))
+    gate_generator.manual_seed(_seed(cfg.optim.seed, step, 0))
 
     full = collate(run.tokenizer, run.train_data, run.schedule.indices(step), run.task.is_regression)
     count = len(full["labels"])
@@ -94,7 +94,7 @@ def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str
     loss = task_sum / count
     reg = torch.zeros(())
     if dist.is_main:  # counted once: the all-reduce below sums over ranks
-        reg = regularizer(model, run.profile, run.blora) * regularizer_factor(step, cfg.regularizer_warmup_steps)
+        reg = regularizer(model, run.profile, run.blora) * regularizer_factor(step, cfg.optim.regularizer_warmup_steps)
         loss = loss + reg
 
     run.optimizer.zero_grad(set_to_none=True)
@@ -105,8 +105,8 @@ def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str
             p.grad = torch.zeros_like(p)
     stats = task_sum.detach().float().reshape(1)
     dist.all_reduce_sum([p.grad for p in params] + [stats])
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    if cfg.optim.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
     run.optimizer.step()
     return {"task_loss": float(stats) / count, "regularizer": float(reg.detach())}
 
@@ -118,7 +118,7 @@ def train(run: Run, start_step: int) -> dict[str, float]:
     cfg, dist, model = run.cfg, run.dist, run.model
     gate_generator = torch.Generator(device=dist.device)
     interrupt_after = int(os.environ.get(INTERRUPT_ENV, "0")) or None
-    if cfg.fixed_gate_steps and start_step >= run.main_steps:
+    if cfg.optim.fixed_gate_steps and start_step >= run.main_steps:
         freeze_gates(model)
     model.train()
     bar = tqdm(total=run.total_steps, initial=start_step, desc="train", disable=not dist.is_main,
@@ -127,7 +127,7 @@ def train(run: Run, start_step: int) -> dict[str, float]:
     step_seconds = 0.0
     try:  # the bar is closed before an interruption's message is printed
         for step in range(start_step, run.total_steps):
-            if step == run.main_steps and cfg.fixed_gate_steps:
+            if step == run.main_steps and cfg.optim.fixed_gate_steps:
                 freeze_gates(model)
             tic = time.perf_counter()
             result = train_step(run, step, gate_generator)

@@ -7,14 +7,14 @@ from torch import nn
 
 from blora_export import gates, roles
 
-from .options import TrainConfig
+from .options import OptimSpec
 
 # Phase-2 gate value: |log_alpha| = 30 puts the hard-concrete sample at exactly 0 or 1 for every u the sampler
 # can draw (u is clamped to [1e-6, 1 - 1e-6], |logit(u)| <= 13.9), so training sees the deterministic gates.
 FROZEN_LOG_ALPHA = 30.0
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig, head: list[str]) -> list[dict]:
+def param_groups(model: nn.Module, cfg: OptimSpec, head: list[str]) -> list[dict]:
     """Adapters and head at --lr with weight decay; gates at --gate-lr and ranges at --range-lr without."""
     group_of = {roles.ADAPTER: "weights", roles.HEAD: "weights", roles.GATE: "gates", roles.RANGE: "ranges"}
     groups = {"weights": [], "gates": [], "ranges": []}
@@ -25,7 +25,7 @@ def param_groups(model: nn.Module, cfg: TrainConfig, head: list[str]) -> list[di
              "weight_decay": settings[key][1]} for key, params in groups.items() if params]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, head: list[str]) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimSpec, head: list[str]) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups(model, cfg, head), betas=(0.9, 0.999), eps=1e-8)
 
 
@@ -36,7 +36,7 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
 
 @torch.no_grad()
 def freeze_gates(model: nn.Module) -> int:
-    """Fix every learned gate at its test-time value (METHOD section 3, phase 2); returns how many tensors.
+    """Fix every learned gate at its test-time value (phase 2, docs/METHOD.md section 5); returns how many tensors.
 
     Idempotent, so a resumed phase 2 can call it again.
     """

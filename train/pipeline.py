@@ -13,15 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from blora_export import roles
+from blora_export import data, roles
 from blora_export.atomic import OutputIsInputError, OutputNotWritableError, check_not_an_input, check_writable
-from blora_export.base_model import is_local, load_base_model
+from blora_export.base_model import is_local, load_base_model, max_positions
 from blora_export.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
 from blora_export.errors import first_line
 from blora_export.gated_model import calibrate
 from blora_export.inject import prepare
 
-from . import data as data_module
 from . import distributed, loop, report
 from .batching import Schedule, collate, encode
 from .errors import TrainError
@@ -50,8 +49,8 @@ def run(cfg: TrainConfig) -> dict:
 def check_output(cfg: TrainConfig) -> bool:
     """Refuse to clobber a checkpoint or an interrupted run by accident; returns whether to resume."""
     out, root = Path(cfg.output_dir), cfg.state_dir
-    inputs = {"model directory": cfg.model if is_local(cfg.model) else None, "data directory": cfg.data_dir,
-              "training file": cfg.train_file, "validation file": cfg.validation_file,
+    inputs = {"model directory": cfg.model if is_local(cfg.model) else None, "data directory": cfg.data.data_dir,
+              "training file": cfg.data.train_file, "validation file": cfg.data.validation_file,
               "config file": cfg.config_file}
     try:
         check_not_an_input(out, inputs)
@@ -109,43 +108,25 @@ def _load_tokenizer(cfg: TrainConfig):
         raise TrainError(f"cannot load a tokenizer for {cfg.model!r}: {first_line(e)}; {MODEL_HINT}") from None
 
 
-def _max_positions(model: nn.Module) -> int | None:
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and config.model_type == "roberta":  # positions start after the padding index
-        limit -= (config.pad_token_id or 0) + 1
-    return limit
-
-
-def _fit_lengths(cfg: TrainConfig, blora, model: nn.Module):
-    """Sequence lengths the model can take; the default BOP length T shrinks to a short model's limit."""
-    from blora_export.config import replace
-
-    limit = _max_positions(model)
-    if not limit:
-        return blora
-    if cfg.max_seq_length > limit:
-        raise TrainError(f"--max-seq-length {cfg.max_seq_length} exceeds the model's {limit} positions")
-    if blora.seq_len > limit:
-        if cfg.bops_seq_len is not None:
-            raise TrainError(f"--bops-seq-len {cfg.bops_seq_len} exceeds the model's {limit} positions")
-        return replace(blora, seq_len=limit)
-    return blora
+def _check_lengths(cfg: TrainConfig, model: nn.Module) -> None:
+    limit = max_positions(model)
+    if limit and cfg.data.max_seq_length > limit:
+        raise TrainError(f"--max-seq-length {cfg.data.max_seq_length} exceeds the model's {limit} positions")
 
 
 def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
-    dataset = data_module.load(cfg)
+    dataset = data.load(cfg.data)
     if len(dataset.train) < dist.world_size:
         raise TrainError(f"{len(dataset.train)} training examples cannot be shared by {dist.world_size} processes")
     tokenizer = _load_tokenizer(cfg)
-    train_data = encode(tokenizer, dataset.train, cfg.max_seq_length)
-    eval_data = encode(tokenizer, dataset.validation, cfg.max_seq_length)
+    train_data = encode(tokenizer, dataset.train, cfg.data.max_seq_length)
+    eval_data = encode(tokenizer, dataset.validation, cfg.data.max_seq_length)
     model, blora, injection, profile, base_fingerprint = _prepare_model(cfg, dataset)
     model.to(dist.device)
 
-    schedule = Schedule(len(train_data), cfg.batch_size, cfg.seed, min_batch=dist.world_size)
-    main_steps = cfg.max_steps or schedule.steps_for(cfg.epochs)
-    total = main_steps + cfg.fixed_gate_steps
+    schedule = Schedule(len(train_data), cfg.optim.batch_size, cfg.optim.seed, min_batch=dist.world_size)
+    main_steps = cfg.optim.max_steps or schedule.steps_for(cfg.optim.epochs)
+    total = main_steps + cfg.optim.fixed_gate_steps
     data_record = {"n_train": len(train_data), "steps_per_epoch": schedule.steps_per_epoch,
                    "order": "numpy default_rng([seed, epoch]).permutation(n_train)"}
     snapshot = load_snapshot(cfg.state_dir) if resume else None
@@ -155,11 +136,11 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     elif blora.method != "lora":  # lora's quantizers are identities: nothing to calibrate
         batches = [{k: v.to(dist.device) for k, v in collate(tokenizer, train_data, schedule.indices(i),
                                                               dataset.task.is_regression).items() if k != "labels"}
-                   for i in range(min(cfg.calibration_batches, schedule.steps_per_epoch))]
+                   for i in range(min(cfg.optim.calibration_batches, schedule.steps_per_epoch))]
         calibrate(model, batches)  # the same full batches on every rank: identical ranges
     dist.broadcast([p for _, _, p in roles.trainable(model, injection.head)])
 
-    optimizer = build_optimizer(model, cfg, injection.head)
+    optimizer = build_optimizer(model, cfg.optim, injection.head)
     if snapshot is not None:
         optimizer.load_state_dict(snapshot.optimizer)
         restore_rng(snapshot.rng)
@@ -169,7 +150,7 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     log.start(snapshot.step if snapshot else None)
     run_ = loop.Run(cfg, blora, model, injection.head, tokenizer, train_data, eval_data, dataset.task, profile,
                     schedule, optimizer, dist, log, main_steps,
-                    warmup_steps(total, cfg.warmup_steps, cfg.warmup_ratio), data_record)
+                    warmup_steps(total, cfg.optim.warmup_steps, cfg.optim.warmup_ratio), data_record)
     tic = time.perf_counter()
     timing = loop.train(run_, snapshot.step if snapshot else 0)
     timing.update(train_seconds=time.perf_counter() - tic, resumed_from_step=snapshot.step if snapshot else None)
@@ -180,8 +161,8 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
             base_model=str(Path(cfg.model).resolve()) if is_local(cfg.model) else cfg.model,
             base_fingerprint=base_fingerprint, blora=blora.to_dict(), adapted=injection.adapted,
             quantized=injection.quantized, embeddings=injection.embeddings, head=injection.head,
-            labels=dataset.labels, mac_profile=profile.to_dict(), task=cfg.task,
-            problem_type=dataset.task.problem_type, max_seq_length=cfg.max_seq_length,
+            labels=dataset.labels, mac_profile=profile.to_dict(), task=cfg.data.task,
+            problem_type=dataset.task.problem_type, max_seq_length=cfg.data.max_seq_length,
             base_revision=getattr(model.config, "_commit_hash", None), options=cfg.to_dict())
         result = _finish(run_, meta, dataset, timing)
     dist.barrier()
@@ -190,12 +171,12 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
 
 def _prepare_model(cfg: TrainConfig, dataset):
     """The base model, fingerprinted and profiled, then injected (inject.prepare owns that order)."""
-    _seed_everything(cfg.seed)  # the head's and lora_A's initialisation
+    _seed_everything(cfg.optim.seed)  # the head's and lora_A's initialisation
     model = _load_model(cfg, dataset.labels, dataset.task.problem_type)
-    blora = _fit_lengths(cfg, cfg.blora_config(), model)
-    prepared = prepare(model, blora)
+    _check_lengths(cfg, model)
+    prepared = prepare(model, cfg.method)
     roles.trainable(model, prepared.injection.head)  # raises if a backbone tensor trains
-    return model, blora, prepared.injection, prepared.profile, prepared.fingerprint
+    return model, prepared.config, prepared.injection, prepared.profile, prepared.fingerprint
 
 
 def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict:
@@ -205,7 +186,7 @@ def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict
                           run_.dist.device)
     run_.log.append({"step": total, "epoch": round(schedule.epoch(total), 4), "eval": validation})
     result = report.summary(run_.model, run_.profile, validation, {
-        "task": cfg.task, "method": cfg.method, "metric": run_.task.metric, "steps": total,
+        "task": cfg.data.task, "method": cfg.method.method, "metric": run_.task.metric, "steps": total,
         "epochs": round(schedule.epoch(total), 4), "train_seconds": timing["train_seconds"],
         "seconds_per_step": timing["seconds_per_step"], "steps_this_session": timing["steps_run"],
         "resumed_from_step": timing["resumed_from_step"], "world_size": run_.dist.world_size,
@@ -220,11 +201,22 @@ def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict
 
 
 def _check_snapshot(cfg: TrainConfig, snapshot, data_record: dict) -> None:
-    mine = cfg.resume_key()
-    changed = sorted(k for k in set(mine) | set(snapshot.options) if mine.get(k) != snapshot.options.get(k))
+    changed = _changed(cfg.resume_key(), snapshot.options)
     if changed:
         raise TrainError(f"--resume with other options than the interrupted run ({', '.join(changed)}); "
                          "use the same options or pass --overwrite to start over")
     if snapshot.data != data_record:
         raise TrainError("--resume found other training data than the interrupted run had; "
                          "use the same data or pass --overwrite to start over")
+
+
+def _changed(mine: dict, theirs: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the options that differ between two (nested) option dictionaries."""
+    out = []
+    for key in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out

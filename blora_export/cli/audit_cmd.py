@@ -6,8 +6,8 @@ import json
 
 import click
 
-from ..errors import user_errors
 from . import main
+from .errors import user_errors
 
 
 @main.command("audit")
@@ -17,7 +17,7 @@ from . import main
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (compress's audit.json schema: seq_len, layers, totals, size) instead "
                    "of the table.")
-@user_errors(ValueError, RuntimeError, OSError)
+@user_errors
 def audit_cmd(model: str, seq_len: int, as_json: bool) -> None:
     """Count the bit operations (BOPs = MACs x weight bits x activation bits) of the ONNX model MODEL.
 
@@ -34,4 +34,4 @@ def audit_cmd(model: str, seq_len: int, as_json: bool) -> None:
     from ..export.audit_file import audit_onnx, format_table
 
     audit = audit_onnx(model, seq_len)
-    click.echo(json.dumps(audit, indent=2, sort_keys=True) if as_json else format_table(audit))
+    click.echo(json.dumps(audit.to_dict(), indent=2, sort_keys=True) if as_json else format_table(audit))

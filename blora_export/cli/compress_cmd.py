@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import click
 
-from ..errors import user_errors
+from ..export.options import PROFILES, CompressOptions
 from . import main
+from .errors import user_errors
 
 
 @main.command("compress")
 @click.argument("ckpt", type=click.Path(file_okay=False, path_type=str))
 @click.option("--output-dir", "-o", required=True, type=click.Path(path_type=str),
               help="Directory to write (model.onnx, tokenizer, deploy.json, audit.json/.md/.png).")
-@click.option("--profile", type=click.Choice(["speed", "size"]), default="speed", show_default=True,
+@click.option("--profile", type=click.Choice(PROFILES), default=CompressOptions.profile, show_default=True,
               help="speed: 2/4-bit weights behind 4/8-bit activations sit in int8 containers so onnxruntime runs "
                    "integer kernels. size: they are packed int4/int2 (smallest file, fp32 kernels).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Sequence length T at which MACs and BOPs are audited. [default: the checkpoint's, e.g. 128]")
 @click.option("--opset", type=click.IntRange(21, 25), default=None,
               help="ONNX opset of the output. [default: 21, or 25 when packed int2 weights are used]")
-@click.option("--verify/--no-verify", default=True, show_default=True,
+@click.option("--verify/--no-verify", default=CompressOptions.verify, show_default=True,
               help="Compare onnxruntime with the PyTorch model on validation inputs; fail (writing nothing) if "
                    "predictions agree on fewer than 99% of them.")
 @click.option("--validation-file", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -31,7 +32,7 @@ from . import main
               help="Also write the pruned fp32 adapter in PEFT's LoRA format to OUTPUT_DIR/peft_adapter/ "
                    "(per-module ranks and alphas, head in modules_to_save): load it with "
                    "peft.PeftModel.from_pretrained(base_model, 'OUTPUT_DIR/peft_adapter').")
-@user_errors(ValueError, RuntimeError, FileExistsError, OSError)
+@user_errors
 def compress_cmd(ckpt: str, output_dir: str, profile: str, seq_len: int | None, opset: int | None, verify: bool,
                  validation_file: str | None, overwrite: bool, trust_remote_code: bool,
                  peft_adapter: bool = False) -> None:
@@ -42,14 +43,13 @@ def compress_cmd(ckpt: str, output_dir: str, profile: str, seq_len: int | None, 
     the graph and verifies onnxruntime against PyTorch. OUTPUT_DIR is written atomically and runs with plain
     onnxruntime + transformers.AutoTokenizer, or with blora_export.runtime.load(OUTPUT_DIR).
     """
-    from ..export.pipeline import CompressOptions, compress
+    from ..export.pipeline import compress
 
     options = CompressOptions(profile=profile, seq_len=seq_len, opset=opset, verify=verify,
                               overwrite=overwrite, validation_file=validation_file,
                               trust_remote_code=trust_remote_code, peft_adapter=peft_adapter)
     result = compress(ckpt, output_dir, options, log=lambda msg: click.echo(msg, err=True))
-    totals = result.audit["totals"]
-    click.echo(f"wrote {result.out_dir}: BOPs -{100 * totals['whole_model']['reduction']:.1f}% whole model, "
-               f"-{100 * totals['adapted']['reduction']:.1f}% adapted projections; "
-               f"model.onnx {result.audit['size']['onnx_bytes']:,} bytes "
-               f"({result.audit['size']['ratio']:.2f}x fp32)")
+    totals, size = result.audit.totals, result.audit.size
+    click.echo(f"wrote {result.out_dir}: BOPs -{100 * totals.whole_model.reduction:.1f}% whole model, "
+               f"-{100 * totals.adapted.reduction:.1f}% adapted projections; "
+               f"model.onnx {size.onnx_bytes:,} bytes ({size.ratio:.2f}x fp32)")

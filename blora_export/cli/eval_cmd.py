@@ -6,8 +6,9 @@ import json
 
 import click
 
-from ..errors import user_errors
+from ..evaluation import EvalOptions
 from . import main
+from .errors import user_errors
 
 
 @main.command("eval")
@@ -22,12 +23,13 @@ from . import main
 @click.option("--text-pair-column", help="Column of the second text of a sentence-pair task.")
 @click.option("--label-column", help="Column of the label. Default: the task's, or 'label'.")
 @click.option("--max-eval-samples", type=click.IntRange(min=1), help="Use only the first N validation examples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Inference batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=EvalOptions.batch_size, show_default=True,
+              help="Inference batch size.")
 @click.option("--ckpt", type=click.Path(path_type=str), help="The checkpoint OUT was compressed from: also report "
               "its PyTorch metric (eval mode) and how often ONNX and PyTorch predict the same class.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code of the checkpoint's base model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@user_errors(ValueError, RuntimeError, OSError)
+@user_errors
 def eval_cmd(out: str, task: str, data_dir: str | None, validation_file: str | None, text_column: str | None,
              text_pair_column: str | None, label_column: str | None, max_eval_samples: int | None, batch_size: int,
              ckpt: str | None, trust_remote_code: bool, as_json: bool) -> None:
@@ -42,11 +44,11 @@ def eval_cmd(out: str, task: str, data_dir: str | None, validation_file: str | N
       blora-export eval out --task classification --validation-file dev.csv --text-column review \\
           --label-column stars --ckpt ckpt --json
     """
-    from ..evaluation import EvalOptions, evaluate_export, format_result
+    from ..data import DataSpec
+    from ..evaluation import evaluate_export, format_result
 
-    options = EvalOptions(task=task, data_dir=data_dir, validation_file=validation_file, text_column=text_column,
-                          text_pair_column=text_pair_column, label_column=label_column,
-                          max_eval_samples=max_eval_samples, batch_size=batch_size, ckpt=ckpt,
-                          trust_remote_code=trust_remote_code)
+    data = DataSpec(task=task, data_dir=data_dir, validation_file=validation_file, text_column=text_column,
+                    text_pair_column=text_pair_column, label_column=label_column, max_eval_samples=max_eval_samples)
+    options = EvalOptions(data, batch_size=batch_size, ckpt=ckpt, trust_remote_code=trust_remote_code)
     result = evaluate_export(out, options, log=lambda msg: click.echo(msg, err=True))
     click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_result(result))

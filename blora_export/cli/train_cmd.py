@@ -1,6 +1,7 @@
 """`blora-export train`: build a TrainConfig from the flags (and --config FILE), call train.run.
 
-Kept free of torch imports so `blora-export --help` stays fast.
+Every default shown is read from its dataclass (BLoRAConfig, DataSpec, OptimSpec, TrainConfig), where it is
+stated once. Kept free of torch imports so `blora-export --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..errors import UserError, user_errors
-from . import main
+from train.options import OptimSpec, TrainConfig
 
-BLORA_DEFAULTS = "default: BLoRAConfig's"
+from ..config import DEFAULT_SEQ_LEN, BLoRAConfig
+from ..data import DataSpec
+from ..errors import UserError
+from . import main
+from .errors import CommandLineError, user_errors
 
 
 def _bits(value) -> tuple[int, ...] | None:
@@ -25,19 +29,25 @@ def _bits(value) -> tuple[int, ...] | None:
     try:
         return tuple(int(str(p).strip()) for p in parts if str(p).strip())
     except ValueError:
-        raise UserError(f"widths must be comma-separated integers such as 2,4,8,16,32, got {value!r}") from None
+        # a click exception: option callbacks run before the command's own error handling
+        raise CommandLineError(f"widths must be comma-separated integers such as 2,4,8,16,32, got {value!r}") \
+            from None
 
 
 def _bits_callback(_ctx, _param, value):
     return _bits(value)
 
 
+def _widths(widths: tuple[int, ...]) -> str:
+    return ",".join(str(b) for b in widths)
+
+
 @main.command("train", context_settings={"show_default": True})
 # model and task
 @click.option("--model", help="Hugging Face model name or local directory (AutoModelForSequenceClassification; "
-                              "a fresh classification head is added). Required (here or in --config).")
+              "a fresh classification head is added). Required (here or in --config).")
 @click.option("--task", help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or 'classification' "
-                             "for any labelled text file. Required (here or in --config).")
+              "for any labelled text file. Required (here or in --config).")
 @click.option("--output-dir", help="Checkpoint directory to write (atomically). Required (here or in --config).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub repository to run.")
 # data
@@ -50,64 +60,79 @@ def _bits_callback(_ctx, _param, value):
 @click.option("--label-column", help="Column of the label (strings or integers). Default: the task's, or 'label'.")
 @click.option("--max-train-samples", type=int, help="Use only the first N training examples.")
 @click.option("--max-eval-samples", type=int, help="Use only the first N validation examples.")
-@click.option("--max-seq-length", type=int, default=128, help="Truncate token sequences to this length.")
+@click.option("--max-seq-length", type=int, default=DataSpec.max_seq_length,
+              help="Truncate token sequences to this length.")
 # method
-@click.option("--method", default="blora", help="blora (learned ranks and widths), lora (fp32 LoRA baseline) or "
-                                                 "qat (fixed --w-bits/--a-bits quantization-aware LoRA).")
-@click.option("--w-bits", type=int, default=8, help="qat: weight width.")
-@click.option("--a-bits", type=int, default=8, help="qat: activation width.")
-@click.option("--max-rank", type=int, help=f"LoRA rank r_max ({BLORA_DEFAULTS}: 8).")
-@click.option("--lora-alpha", type=float, help=f"LoRA scaling alpha (W += alpha/r B A; {BLORA_DEFAULTS}: 16).")
-@click.option("--lora-targets", default="qkv", help="Adapted modules: qkv, all-linear, or comma-separated module "
-                                                     "names (exact or dotted suffixes).")
-@click.option("--bops-weight", type=float, help=f"mu, strength of the BOP-weighted width penalty "
-                                                f"({BLORA_DEFAULTS}: 0.002).")
-@click.option("--rank-weight", type=float, help=f"lambda_r, strength of the nested rank penalty "
-                                                f"({BLORA_DEFAULTS}: 0.001).")
-@click.option("--weight-bits", callback=_bits_callback, help="blora: allowed weight widths, e.g. 2,4,8,16,32 "
-                                                             f"({BLORA_DEFAULTS}: all).")
-@click.option("--act-bits", callback=_bits_callback, help="blora: allowed activation widths, e.g. 4,8,16,32 "
-                                                          f"({BLORA_DEFAULTS}: all).")
-@click.option("--init-weight-bits", type=int, help=f"blora: initial weight width ({BLORA_DEFAULTS}: 8).")
-@click.option("--init-act-bits", type=int, help=f"blora: initial activation width ({BLORA_DEFAULTS}: 8).")
-@click.option("--embedding-bits", type=int, help=f"Embedding-table width: 4, 8 or 32 ({BLORA_DEFAULTS}: 8; "
-                                                 "lora keeps 32).")
-@click.option("--gate-init", type=float, help="Initial log_alpha of gates that start open; closed ones start at "
-                                              f"minus it ({BLORA_DEFAULTS}: 3).")
+@click.option("--method", default=BLoRAConfig.method,
+              help="blora (learned ranks and widths), lora (fp32 LoRA baseline) or qat (fixed --w-bits/--a-bits "
+                   "quantization-aware LoRA).")
+@click.option("--w-bits", type=int, default=BLoRAConfig.qat_w_bits, help="qat: weight width.")
+@click.option("--a-bits", type=int, default=BLoRAConfig.qat_a_bits, help="qat: activation width.")
+@click.option("--max-rank", type=int, default=BLoRAConfig.max_rank, help="LoRA rank r_max.")
+@click.option("--lora-alpha", type=float, default=BLoRAConfig.lora_alpha,
+              help="LoRA scaling alpha (W += alpha/r B A).")
+@click.option("--lora-targets", default=BLoRAConfig.targets,
+              help="Adapted modules: qkv, all-linear, or comma-separated module names (exact or dotted suffixes).")
+@click.option("--bops-weight", type=float, default=BLoRAConfig.bops_weight,
+              help="mu, strength of the BOP-weighted width penalty.")
+@click.option("--rank-weight", type=float, default=BLoRAConfig.rank_weight,
+              help="lambda_r, strength of the nested rank penalty.")
+@click.option("--weight-bits", callback=_bits_callback, default=_widths(BLoRAConfig.weight_bits),
+              help="blora: allowed weight widths.")
+@click.option("--act-bits", callback=_bits_callback, default=_widths(BLoRAConfig.act_bits),
+              help="blora: allowed activation widths.")
+@click.option("--init-weight-bits", type=int, default=BLoRAConfig.init_weight_bits,
+              help="blora: initial weight width.")
+@click.option("--init-act-bits", type=int, default=BLoRAConfig.init_act_bits,
+              help="blora: initial activation width.")
+@click.option("--embedding-bits", type=int, default=BLoRAConfig.embedding_bits,
+              help="Embedding-table width: 4, 8 or 32 (lora keeps 32).")
+@click.option("--gate-init", type=float, default=BLoRAConfig.gate_init,
+              help="Initial log_alpha of gates that start open; closed ones start at minus it.")
 @click.option("--per-tensor-weights", is_flag=True, help="One weight range per tensor instead of per output channel.")
-@click.option("--bops-seq-len", type=int, help=f"Sequence length T at which MACs and BOPs are counted "
-                                               f"({BLORA_DEFAULTS}: 128).")
+@click.option("--bops-seq-len", type=int,
+              help=f"Sequence length T at which MACs and BOPs are counted. [default: {DEFAULT_SEQ_LEN}, or the "
+                   "model's position limit if smaller]")
 # optimisation
-@click.option("--epochs", type=float, default=3.0, help="Training epochs (ignored when --max-steps is given).")
+@click.option("--epochs", type=float, default=OptimSpec.epochs,
+              help="Training epochs (ignored when --max-steps is given).")
 @click.option("--max-steps", type=int, help="Training steps (overrides --epochs).")
-@click.option("--batch-size", type=int, default=32, help="Global batch size (split across processes).")
-@click.option("--eval-batch-size", type=int, default=64, help="Validation batch size.")
-@click.option("--lr", type=float, default=5e-4, help="Learning rate of LoRA factors and the head.")
-@click.option("--gate-lr", type=float, default=5e-2, help="Learning rate of the gates' log_alpha (Adam moves a gate "
-              "about this much per step).")
-@click.option("--range-lr", type=float, default=1e-3, help="Learning rate of the quantizer ranges (beta).")
-@click.option("--weight-decay", type=float, default=0.01, help="AdamW weight decay (LoRA factors and head only).")
-@click.option("--max-grad-norm", type=float, default=1.0, help="Gradient clipping norm (0: off).")
+@click.option("--batch-size", type=int, default=OptimSpec.batch_size,
+              help="Global batch size (split across processes).")
+@click.option("--eval-batch-size", type=int, default=TrainConfig.eval_batch_size, help="Validation batch size.")
+@click.option("--lr", type=float, default=OptimSpec.lr, help="Learning rate of LoRA factors and the head.")
+@click.option("--gate-lr", type=float, default=OptimSpec.gate_lr,
+              help="Learning rate of the gates' log_alpha (Adam moves a gate about this much per step).")
+@click.option("--range-lr", type=float, default=OptimSpec.range_lr,
+              help="Learning rate of the quantizer ranges (beta).")
+@click.option("--weight-decay", type=float, default=OptimSpec.weight_decay,
+              help="AdamW weight decay (LoRA factors and head only).")
+@click.option("--max-grad-norm", type=float, default=OptimSpec.max_grad_norm, help="Gradient clipping norm (0: off).")
 @click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps (overrides --warmup-ratio).")
-@click.option("--warmup-ratio", type=float, default=0.06, help="Warm-up as a fraction of all steps.")
-@click.option("--regularizer-warmup-steps", type=int, default=0,
-              help="Keep the gate regularizer off for these first steps, so adapters learn (and the task "
-                   "starts defending gates) before the penalty pushes gates shut.")
-@click.option("--fixed-gate-steps", type=int, default=0, help="blora: extra steps at the end with the gates frozen "
-              "at their test-time values (phase 2), so training ends on the exported graph.")
-@click.option("--calibration-batches", type=int, default=8, help="Training batches used to set activation ranges.")
-@click.option("--seed", type=int, default=42, help="Random seed (initialisation, data order, gate samples).")
+@click.option("--warmup-ratio", type=float, default=OptimSpec.warmup_ratio, help="Warm-up as a fraction of all steps.")
+@click.option("--regularizer-warmup-steps", type=int, default=OptimSpec.regularizer_warmup_steps,
+              help="Keep the gate regularizer off for these first steps, so adapters learn (and the task starts "
+                   "defending gates) before the penalty pushes gates shut.")
+@click.option("--fixed-gate-steps", type=int, default=OptimSpec.fixed_gate_steps,
+              help="blora: extra steps at the end with the gates frozen at their test-time values (phase 2), so "
+                   "training ends on the exported graph.")
+@click.option("--calibration-batches", type=int, default=OptimSpec.calibration_batches,
+              help="Training batches used to set activation ranges.")
+@click.option("--seed", type=int, default=OptimSpec.seed,
+              help="Random seed (initialisation, data order, gate samples).")
 # bookkeeping
 @click.option("--eval-steps", type=int, help="Evaluate every N steps (default: once per epoch) and at the end.")
-@click.option("--save-steps", type=int, default=500, help="Save resume state every N steps.")
-@click.option("--logging-steps", type=int, default=10, help="Write a metrics.jsonl line every N steps.")
-@click.option("--device", default="auto", help="auto (cuda if available), cpu or cuda. CUDA trains under bf16 "
-                                               "autocast.")
+@click.option("--save-steps", type=int, default=TrainConfig.save_steps, help="Save resume state every N steps.")
+@click.option("--logging-steps", type=int, default=TrainConfig.logging_steps,
+              help="Write a metrics.jsonl line every N steps.")
+@click.option("--device", default=TrainConfig.device,
+              help="auto (cuda if available), cpu or cuda. CUDA trains under bf16 autocast.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest state (OUTPUT_DIR.state).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint or interrupted run's state.")
-@click.option("--config", "config_file", type=click.Path(), help="JSON file of options (same names, - or _); "
-                                                                "flags given on the command line override it.")
+@click.option("--config", "config_file", type=click.Path(),
+              help="JSON file of options (same names, - or _); flags given on the command line override it.")
 @click.pass_context
+@user_errors
 def train_command(ctx: click.Context, **params) -> None:
     """Fine-tune MODEL on TASK with B-LoRA (or a baseline) and write a checkpoint for `compress`.
 
@@ -118,29 +143,21 @@ def train_command(ctx: click.Context, **params) -> None:
           --validation-file dev.csv --text-column review --label-column stars --output-dir ckpt
       torchrun --nproc_per_node 2 $(which blora-export) train ...   (data parallel)
     """
-    from blora_export.atomic import OutputExistsError
-    from blora_export.checkpoint import CheckpointError
-    from blora_export.config import ConfigError
-    from blora_export.targets import TargetError
-    from train import TrainConfig, TrainError, run
+    from train import run
 
     params = merge_config_file(ctx, params)
     missing = [f"--{name.replace('_', '-')}" for name in ("model", "task", "output_dir") if not params.get(name)]
     if missing:
         raise UserError(f"missing required option(s) {', '.join(missing)} (on the command line or in --config)")
-
-    @user_errors(TrainError, ConfigError, TargetError, CheckpointError, OutputExistsError, PermissionError)
-    def _train() -> None:
-        summary = run(TrainConfig(**params))
-        if summary:
-            click.echo(f"checkpoint written to {params['output_dir']}")
-
+    cfg = TrainConfig.from_flags(params)
     try:
-        _train()
+        summary = run(cfg)
     except KeyboardInterrupt:
         if (ctx.find_root().obj or {}).get("debug"):
             raise
-        interrupted(TrainConfig(**params))
+        interrupted(cfg)
+    if summary:
+        click.echo(f"checkpoint written to {cfg.output_dir}")
 
 
 def interrupted(cfg) -> None:

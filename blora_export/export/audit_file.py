@@ -8,12 +8,13 @@ are null and the "adapted" totals are empty (0 BOPs).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .graph_audit import _INT_BITS, _MATMUL_OPERANDS, REQUANTIZED, AuditError, audit_graph, name_layers_by_module
+from .artifacts import AUDIT_FILE, ArtifactError, Audit, Size, build_audit
+from .foreign_graph import foreign_notes, name_layers_by_module
+from .graph_audit import audit_graph
+from .graph_products import INT_BITS, MATMUL_OPERANDS, AuditError
 
-AUDIT_FORMAT = "blora-export audit"
 # Integer tensors a weight (or embedding table) is stored in, as opposed to zero points and shape constants.
 _STORED_VALUE_INPUTS = {"DequantizeLinear": (0,), "Cast": (0,), "Gather": (0,)}
 
@@ -36,14 +37,27 @@ def _stored_integer_values(model) -> list:
     names = set()
     for n in model.graph.node:
         positions = _STORED_VALUE_INPUTS.get(n.op_type, ())
-        if n.op_type in _MATMUL_OPERANDS:
-            positions = (_MATMUL_OPERANDS[n.op_type][1],)
+        if n.op_type in MATMUL_OPERANDS:
+            positions = (MATMUL_OPERANDS[n.op_type][1],)
         names.update(n.input[i] for i in positions if i < len(n.input) and n.input[i] in inits)
-    return [inits[name] for name in sorted(names) if inits[name].data_type in _INT_BITS
+    return [inits[name] for name in sorted(names) if inits[name].data_type in INT_BITS
             and inits[name].data_type not in (7, 13)]  # int64/uint64: ids and shapes
 
 
-def size_info(model, path: Path) -> dict:
+def _measured_fp32_bytes(path: Path, onnx_bytes: int) -> int | None:
+    """fp32_onnx_bytes from the audit.json compress wrote next to this very file (same size), else None.
+    A sibling that is not a valid audit, or belongs to another file, is ignored."""
+    sibling = path.parent / AUDIT_FILE
+    if not sibling.is_file():
+        return None
+    try:
+        size = Audit.read(sibling).size
+    except ArtifactError:
+        return None
+    return size.fp32_onnx_bytes if size.onnx_bytes == onnx_bytes and size.fp32_onnx_bytes > 0 else None
+
+
+def size_info(model, path: Path) -> Size:
     """onnx_bytes, and fp32_onnx_bytes: measured by compress (its audit.json next to the file), exact (the
     file is an fp32 graph), or estimated: this file with every stored integer weight value (what feeds a
     DequantizeLinear, Cast, Gather or an integer product's weight input) taken as 4 bytes. The estimate keeps this
@@ -51,33 +65,24 @@ def size_info(model, path: Path) -> dict:
     import math
 
     onnx_bytes = path.stat().st_size
-    sibling = path.parent / "audit.json"
-    if sibling.is_file():
-        try:
-            size = json.loads(sibling.read_text(encoding="utf-8")).get("size", {})
-        except (OSError, ValueError, AttributeError):
-            size = {}
-        if isinstance(size, dict) and size.get("onnx_bytes") == onnx_bytes and size.get("fp32_onnx_bytes"):
-            fp32 = int(size["fp32_onnx_bytes"])
-            return {"onnx_bytes": onnx_bytes, "fp32_onnx_bytes": fp32, "fp32_onnx_bytes_source":
-                    "measured (audit.json written by compress)", "ratio": round(onnx_bytes / fp32, 4)}
+    fp32 = _measured_fp32_bytes(path, onnx_bytes)
+    if fp32 is not None:
+        return Size(onnx_bytes, fp32, round(onnx_bytes / fp32, 4), "measured (audit.json written by compress)")
     stored = _stored_integer_values(model)
     if not stored:
-        return {"onnx_bytes": onnx_bytes, "fp32_onnx_bytes": onnx_bytes,
-                "fp32_onnx_bytes_source": "exact (no integer weights: the file is its own fp32 graph)", "ratio": 1.0}
+        return Size(onnx_bytes, onnx_bytes, 1.0, "exact (no integer weights: the file is its own fp32 graph)")
     extra = 0
     for t in stored:
         n = math.prod(t.dims)
-        held = len(t.raw_data) if t.raw_data else math.ceil(n * _INT_BITS[t.data_type] / 8)
+        held = len(t.raw_data) if t.raw_data else math.ceil(n * INT_BITS[t.data_type] / 8)
         extra += 4 * n - held
     fp32 = onnx_bytes + extra
-    return {"onnx_bytes": onnx_bytes, "fp32_onnx_bytes": fp32,
-            "fp32_onnx_bytes_source": "estimated (this file with its integer weight values stored as float32)",
-            "ratio": round(onnx_bytes / fp32, 4)}
+    return Size(onnx_bytes, fp32, round(onnx_bytes / fp32, 4),
+                "estimated (this file with its integer weight values stored as float32)")
 
 
-def audit_onnx(path: str | Path, seq_len: int = 128) -> dict:
-    """The audit of one ONNX file: seq_len, layers, attention_macs, totals, size, notes (audit.json's schema)."""
+def audit_onnx(path: str | Path, seq_len: int = 128) -> Audit:
+    """The audit of one ONNX file (audit.json's schema, with its source instead of compress's sections)."""
     if seq_len < 1:
         raise AuditError(f"--seq-len must be >= 1, got {seq_len}")
     path = Path(path)
@@ -92,54 +97,40 @@ def audit_onnx(path: str | Path, seq_len: int = 128) -> dict:
     if not graph.products:
         raise AuditError(f"{path} has no matrix products (MatMul, Gemm, MatMulInteger, ...) to audit")
     name_layers_by_module(graph)
-    layers = graph.layer_rows()
-    ours = any("module" in r.meta for r in graph.products)
-    notes = []
-    if not ours:
-        notes.append("Graph without blora-export metadata: rank and max_rank are null and no projections are "
-                     "recorded as adapted, so the 'adapted' totals are empty (0 BOPs).")
-    if any(r.meta.get(REQUANTIZED) for r in graph.products):
-        notes.append("Products compress exported as fp32 were quantized afterwards by another tool: their widths "
-                     "are read from the graph.")
-    if any(r["kind"] == "attention" and (r["w_bits"] < 32 or r["a_bits"] < 32) for r in layers):
-        notes.append("Attention products are quantized in this graph and counted at their widths (blora-export "
-                     "keeps them fp32); the W8A8 reference counts them at 32 x 32.")
-    return {"format": AUDIT_FORMAT, "version": 1, "source": str(path), "blora_export_graph": ours,
-            "seq_len": seq_len, "layers": layers, "attention_macs": graph.attention_macs,
-            "totals": graph.totals(), "size": size_info(model, path), "notes": notes}
+    return build_audit(graph, size_info(model, path), foreign_notes(graph), source=str(path),
+                       blora_export_graph=any("module" in r.meta for r in graph.products))
 
 
 def _n(x) -> str:
     return "-" if x is None else f"{int(x):,}"
 
 
-def format_table(audit: dict) -> str:
+def format_table(audit: Audit) -> str:
     """A readable per-layer table and the totals."""
     rows = [("layer", "kind", "rank", "W", "A", "container", "MACs", "BOPs")]
-    for r in audit["layers"]:
-        rank = "-" if r["rank"] is None else f"{r['rank']}/{r['max_rank']}"
-        calls = f" (x{r['calls']})" if r.get("calls", 1) > 1 else ""
-        rows.append((r["name"] + calls, r["kind"], rank, str(r["w_bits"]), str(r["a_bits"]), r["container"],
-                     _n(r["macs"]), _n(r["bops"])))
+    for r in audit.layers:
+        rank = "-" if r.rank is None else f"{r.rank}/{r.max_rank}"
+        calls = f" (x{r.calls})" if r.calls > 1 else ""
+        rows.append((r.name + calls, r.kind, rank, str(r.w_bits), str(r.a_bits), r.container, _n(r.macs),
+                     _n(r.bops)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     right = {2, 3, 4, 6, 7}
-    lines = [f"BOP audit of {audit['source']} at batch 1 x T = {audit['seq_len']} (BOPs = MACs x W bits x A bits)",
-             ""]
+    lines = [f"BOP audit of {audit.source} at batch 1 x T = {audit.seq_len} (BOPs = MACs x W bits x A bits)", ""]
     for k, row in enumerate(rows):
         lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w)
                                for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
-    t, size = audit["totals"], audit["size"]
-    whole, adapted = t["whole_model"], t["adapted"]
-    lines += ["", f"whole model: {_n(whole['bops'])} BOPs vs {_n(whole['bops_fp32'])} fp32 "
-                  f"(-{100 * whole['reduction']:.1f}%); uniform W8A8 reference {_n(t['w8a8_reference_bops'])}"]
-    if adapted["bops_fp32"]:
-        lines.append(f"adapted projections: {_n(adapted['bops'])} BOPs vs {_n(adapted['bops_fp32'])} fp32 "
-                     f"(-{100 * adapted['reduction']:.1f}%)")
+    t, size = audit.totals, audit.size
+    whole, adapted = t.whole_model, t.adapted
+    lines += ["", f"whole model: {_n(whole.bops)} BOPs vs {_n(whole.bops_fp32)} fp32 "
+                  f"(-{100 * whole.reduction:.1f}%); uniform W8A8 reference {_n(t.w8a8_reference_bops)}"]
+    if adapted.bops_fp32:
+        lines.append(f"adapted projections: {_n(adapted.bops)} BOPs vs {_n(adapted.bops_fp32)} fp32 "
+                     f"(-{100 * adapted.reduction:.1f}%)")
     else:
         lines.append("adapted projections: none recorded in this graph")
-    lines.append(f"size: {_n(size['onnx_bytes'])} bytes; fp32: {_n(size['fp32_onnx_bytes'])} bytes, "
-                 f"{size['fp32_onnx_bytes_source']} ({size['ratio']:.3f}x)")
-    lines += [f"note: {n}" for n in audit["notes"]]
+    lines.append(f"size: {_n(size.onnx_bytes)} bytes; fp32: {_n(size.fp32_onnx_bytes)} bytes, "
+                 f"{size.fp32_onnx_bytes_source} ({size.ratio:.3f}x)")
+    lines += [f"note: {n}" for n in audit.notes]
     return "\n".join(lines)

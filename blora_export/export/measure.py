@@ -9,13 +9,15 @@ from collections import Counter
 from pathlib import Path
 
 from .. import runtime
-from .graph_audit import GraphAudit, dummy_feed
+from .artifacts import RuntimeKernels
+from .graph_audit import GraphAudit
+from .graph_products import dummy_feed
 from .plan import KERNEL_INTEGER, CompressionPlan
 
 INTEGER_OPS = ("QGemm", "MatMulIntegerToFloat", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul")
 
 
-def runtime_kernels(model_path: Path, plan: CompressionPlan, graph: GraphAudit) -> dict:
+def runtime_kernels(model_path: Path, plan: CompressionPlan, graph: GraphAudit) -> RuntimeKernels:
     """Which matrix-product ops onnxruntime's optimized graph holds (loader options)."""
     import onnx
     import onnxruntime as ort
@@ -30,8 +32,7 @@ def runtime_kernels(model_path: Path, plan: CompressionPlan, graph: GraphAudit) 
         ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
     matmul_ops = {k: v for k, v in sorted(ops.items()) if "MatMul" in k or "Gemm" in k}
-    return {"integer_products_expected": expected,
-            "integer_products_found": sum(ops.get(k, 0) for k in INTEGER_OPS), "ops": matmul_ops}
+    return RuntimeKernels(expected, sum(ops.get(k, 0) for k in INTEGER_OPS), matmul_ops)
 
 
 def latency(model: bytes | Path, seq_len: int, runs: int) -> float:

@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..errors import UserError
 
 EXPORT_OPSET = 18  # torch.onnx (dynamo=False) export opset; converted to the plan's opset afterwards
 _WRAPPER = "model"
 DUMMY_BATCH, DUMMY_SEQ = 2, 8
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """torch.onnx could not export the merged model, or the result is not what the pass expects."""
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,34 +11,33 @@ from torch import nn
 from .. import runtime
 from ..atomic import OutputExistsError, atomic_directory, check_not_an_input, check_writable
 from ..bops import MacProfile, profile_macs
-from ..checkpoint import CheckpointError, check_no_remote_code, load_checkpoint, read_validation
+from ..checkpoint import CheckpointError, CheckpointMeta, check_no_remote_code, load_checkpoint, read_validation
 from ..inject import strip
 from . import report
+from .artifacts import (
+    AUDIT_FILE,
+    MODEL_FILE,
+    Audit,
+    Deploy,
+    EmbeddingRecord,
+    ExportInfo,
+    ModelInfo,
+    Size,
+    Verification,
+    build_audit,
+)
 from .graph_audit import AuditError, GraphAudit, audit_graph
 from .measure import latency, runtime_kernels
-from .plan import KERNEL_FLOAT, CompressionPlan, PlanError, make_plan
+from .merge import Merged
+from .options import CompressOptions
+from .plan import CompressionPlan, PlanError, make_plan
 from .verify import verify_export
-
-AUDIT_FORMAT = "blora-export audit"
-
-
-@dataclass
-class CompressOptions:
-    profile: str = "speed"
-    seq_len: int | None = None  # T for the BOP audit; default: the checkpoint's MAC profile length
-    opset: int | None = None  # default: 21, or 25 when packed int2 weights are used
-    verify: bool = True
-    overwrite: bool = False
-    validation_file: str | None = None
-    trust_remote_code: bool = False
-    timing_runs: int = 10  # latency runs for audit.md (0: skip)
-    peft_adapter: bool = False  # also write the pruned fp32 adapter in PEFT's LoRA format to OUT/peft_adapter/
 
 
 @dataclass
 class CompressResult:
     out_dir: Path
-    audit: dict
+    audit: Audit
     plan: CompressionPlan
     timings: dict = field(default_factory=dict)
 
@@ -79,18 +77,6 @@ def cross_check(graph: GraphAudit, plan: CompressionPlan) -> None:
         errors.append(f"attention MACs: {graph.attention_macs} in the graph, {plan.attention_macs} in the profile")
     if errors:
         raise AuditError(f"graph audit disagrees with the plan ({len(errors)} problems): " + "; ".join(errors[:3]))
-
-
-def _layer_rows(graph: GraphAudit, plan: CompressionPlan) -> list[dict]:
-    kernels = {lp.name: lp.kernel for lp in plan.linears}
-    rows = []
-    for r in graph.layer_rows():
-        r["kernel"] = kernels.get(r["name"], KERNEL_FLOAT)
-        if r["kind"] == "linear" and r["rank"] is not None:
-            lp = plan.linear(r["name"])
-            r["adapter_macs"] = r["macs"] // (lp.d_in * lp.d_out) * lp.rank * (lp.d_in + lp.d_out)
-        rows.append(r)
-    return rows
 
 
 def _examples(ckpt: Path, options: CompressOptions) -> list[dict]:
@@ -135,21 +121,50 @@ def compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | N
         raise ExportError(message) from e
 
 
+@dataclass
+class _Loaded:
+    model: nn.Module
+    meta: CheckpointMeta
+    tokenizer: object
+    examples: list[dict]  # verification inputs ([] with --no-verify)
+
+
+@dataclass
+class _Exported:
+    merged: Merged
+    input_names: list[str]
+    float_bytes: bytes  # the merged fp32 graph: the size and latency reference
+    proto: object  # the quantized ModelProto
+
+
 def _compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | None,
               log: Callable[[str], None]) -> CompressResult:
-    import onnx
-    from transformers import AutoTokenizer
-
-    from .merge import build_float_model
-    from .onnx_export import convert_opset, export_float, model_input_names
-    from .qdq import quantize_graph
-
     options = options or CompressOptions()
     ckpt, out_dir = Path(ckpt), Path(out_dir)
+    _check_output(ckpt, out_dir, options)
+    loaded = _load(ckpt, out_dir, options, log)
+    plan = _plan(loaded, options, log)
+    exported = _export(loaded, plan, log)
+    with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
+        model_path = tmp / MODEL_FILE
+        _save_model(exported.proto, model_path)
+        audit = _audit(model_path, loaded, plan, exported, options, log)
+        timings = _timings(model_path, exported, plan.seq_len, options, log)
+        _write_outputs(tmp, loaded, plan, exported, audit, timings, options, log)
+        log(f"writing {out_dir}")
+    return CompressResult(out_dir, audit, plan, timings)
+
+
+def _check_output(ckpt: Path, out_dir: Path, options: CompressOptions) -> None:
     check_not_an_input(out_dir, {"checkpoint": ckpt, "validation file": options.validation_file})
     if out_dir.exists() and not options.overwrite:
         raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     check_writable(out_dir)
+
+
+def _load(ckpt: Path, out_dir: Path, options: CompressOptions, log: Callable[[str], None]) -> _Loaded:
+    from transformers import AutoTokenizer
+
     log(f"loading checkpoint {ckpt}")
     model, meta = load_checkpoint(ckpt, trust_remote_code=options.trust_remote_code)
     check_not_an_input(out_dir, {"base model directory": meta.base_model})
@@ -158,70 +173,86 @@ def _compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | 
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt} has no usable tokenizer files ({e})") from None
-    examples = _examples(ckpt, options) if options.verify else []
-    seq_len = options.seq_len or meta.profile.seq_len
-    _check_seq_len(model, seq_len)
-    profile = mac_profile_at(model, meta.profile, seq_len)
-    plan = make_plan(model, meta.quantized, meta.adapted, profile, meta.config.method, options.profile,
+    return _Loaded(model, meta, tokenizer, _examples(ckpt, options) if options.verify else [])
+
+
+def _plan(loaded: _Loaded, options: CompressOptions, log: Callable[[str], None]) -> CompressionPlan:
+    seq_len = options.seq_len or loaded.meta.profile.seq_len
+    _check_seq_len(loaded.model, seq_len)
+    profile = mac_profile_at(loaded.model, loaded.meta.profile, seq_len)
+    meta = loaded.meta
+    plan = make_plan(loaded.model, meta.quantized, meta.adapted, profile, meta.config.method, options.profile,
                      options.opset)
     log(f"plan: {len(plan.quantized)} quantized Linears ({len(plan.adapted)} adapted), profile {plan.profile}, "
         f"opset {plan.opset}")
-    merged = build_float_model(model, plan)
-    input_names = model_input_names(merged.model, tokenizer)
+    return plan
+
+
+def _export(loaded: _Loaded, plan: CompressionPlan, log: Callable[[str], None]) -> _Exported:
+    import onnx
+
+    from .merge import build_float_model
+    from .onnx_export import convert_opset, export_float, model_input_names
+    from .qdq import quantize_graph
+
+    merged = build_float_model(loaded.model, plan)
+    input_names = model_input_names(merged.model, loaded.tokenizer)
     log("exporting the merged float model with torch.onnx")
     float_proto = convert_opset(export_float(merged.model, input_names), plan.opset)
     log("inserting Q/DQ from the plan")
     proto = quantize_graph(float_proto, plan, merged)
     onnx.checker.check_model(proto, full_check=True)
-    fp32_bytes = float_proto.SerializeToString()
-    with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
-        model_path = tmp / runtime.MODEL_FILE
-        onnx.save_model(proto, str(model_path))
-        log(f"auditing BOPs from the graph at T = {seq_len}")
-        graph = audit_graph(model_path, seq_len)
-        cross_check(graph, plan)
-        verify = verify_export(model_path, model, tokenizer, examples, input_names, meta, log) \
-            if options.verify else {"skipped": True}
-        totals = graph.totals()
-        layers = _layer_rows(graph, plan)
-        totals["unmerged_adapter_macs"] = sum(r.get("adapter_macs", 0) for r in layers)
-        audit = {
-            "format": AUDIT_FORMAT, "version": 1,
-            "model": {"base_model": meta.base_model, "model_type": model.config.model_type,
-                      "method": plan.method, "task": meta.task, "problem_type": meta.problem_type,
-                      "labels": list(meta.labels)},
-            "export": {"profile": plan.profile, "opset": plan.opset, "input_names": input_names},
-            "seq_len": seq_len,
-            "layers": layers,
-            "embeddings": [{"name": e.name, "bits": e.bits, "container": e.container, "rows": e.rows,
-                            "cols": e.cols} for e in plan.embeddings],
-            "attention_macs": graph.attention_macs,
-            "totals": totals,
-            "size": {"onnx_bytes": model_path.stat().st_size, "fp32_onnx_bytes": len(fp32_bytes),
-                     "ratio": round(model_path.stat().st_size / len(fp32_bytes), 4)},
-            "verify": verify,
-            "runtime_kernels": runtime_kernels(model_path, plan, graph),
-            "notes": report.notes(plan, graph),
-        }
-        timings = {}
-        if options.timing_runs:
-            log("timing batch-1 latency (audit.md only)")
-            timings = {"runs": options.timing_runs,
-                       "quantized_ms": latency(model_path, seq_len, options.timing_runs),
-                       "fp32_ms": latency(fp32_bytes, seq_len, options.timing_runs)}
-        deploy = {"format": "blora-export deploy", "version": 1, "model": runtime.MODEL_FILE,
-                  "input_names": input_names, "output_name": "logits", "labels": list(meta.labels),
-                  "problem_type": meta.problem_type, "max_length": meta.max_seq_length,
-                  "session_config": dict(runtime.SESSION_CONFIG), "profile": plan.profile, "opset": plan.opset}
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / runtime.DEPLOY_FILE).write_text(json.dumps(deploy, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (tmp / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        (tmp / "audit.md").write_text(report.markdown(audit, timings), encoding="utf-8")
-        report.chart(audit, tmp / "audit.png")
-        if options.peft_adapter:
-            from .peft_adapter import ADAPTER_DIR, write_peft_adapter
+    return _Exported(merged, input_names, float_proto.SerializeToString(), proto)
 
-            log(f"writing the pruned adapter in PEFT's LoRA format ({ADAPTER_DIR}/)")
-            write_peft_adapter(tmp / ADAPTER_DIR, model, plan, meta.base_model, meta.base_revision, list(meta.head))
-        log(f"writing {out_dir}")
-    return CompressResult(out_dir, audit, plan, timings)
+
+def _audit(model_path: Path, loaded: _Loaded, plan: CompressionPlan, exported: _Exported,
+           options: CompressOptions, log: Callable[[str], None]) -> Audit:
+    """Audit the written graph, check it against the plan, verify it against PyTorch: audit.json."""
+    meta = loaded.meta
+    log(f"auditing BOPs from the graph at T = {plan.seq_len}")
+    graph = audit_graph(model_path, plan.seq_len)
+    cross_check(graph, plan)
+    verify = verify_export(model_path, loaded.model, loaded.tokenizer, loaded.examples, exported.input_names, meta,
+                           log) if options.verify else Verification()
+    onnx_bytes = model_path.stat().st_size
+    size = Size(onnx_bytes, len(exported.float_bytes), round(onnx_bytes / len(exported.float_bytes), 4))
+    return build_audit(
+        graph, size, report.notes(plan, graph), plan,
+        model=ModelInfo(meta.base_model, loaded.model.config.model_type, plan.method, meta.task, meta.problem_type,
+                        list(meta.labels)),
+        export=ExportInfo(plan.profile, plan.opset, exported.input_names),
+        embeddings=[EmbeddingRecord(e.name, e.bits, e.container, e.rows, e.cols) for e in plan.embeddings],
+        verify=verify, runtime_kernels=runtime_kernels(model_path, plan, graph))
+
+
+def _timings(model_path: Path, exported: _Exported, seq_len: int, options: CompressOptions,
+             log: Callable[[str], None]) -> dict:
+    if not options.timing_runs:
+        return {}
+    log("timing batch-1 latency (audit.md only)")
+    return {"runs": options.timing_runs, "quantized_ms": latency(model_path, seq_len, options.timing_runs),
+            "fp32_ms": latency(exported.float_bytes, seq_len, options.timing_runs)}
+
+
+def _write_outputs(tmp: Path, loaded: _Loaded, plan: CompressionPlan, exported: _Exported, audit: Audit,
+                   timings: dict, options: CompressOptions, log: Callable[[str], None]) -> None:
+    """Everything beside model.onnx: tokenizer, deploy.json, audit.json/.md/.png (and the PEFT adapter)."""
+    meta = loaded.meta
+    loaded.tokenizer.save_pretrained(str(tmp))
+    Deploy(input_names=exported.input_names, labels=list(meta.labels), problem_type=meta.problem_type,
+           max_length=meta.max_seq_length, session_config=dict(runtime.SESSION_CONFIG), profile=plan.profile,
+           opset=plan.opset).write(tmp)
+    audit.write(tmp / AUDIT_FILE)
+    (tmp / "audit.md").write_text(report.markdown(audit, timings), encoding="utf-8")
+    report.chart(audit, tmp / "audit.png")
+    if options.peft_adapter:
+        from .peft_adapter import ADAPTER_DIR, write_peft_adapter
+
+        log(f"writing the pruned adapter in PEFT's LoRA format ({ADAPTER_DIR}/)")
+        write_peft_adapter(tmp / ADAPTER_DIR, loaded.model, plan, meta.base_model, meta.base_revision, list(meta.head))
+
+
+def _save_model(proto, path: Path) -> None:
+    import onnx
+
+    onnx.save_model(proto, str(path))

@@ -4,7 +4,7 @@ This is the ONLY place the exporter reads gates, through the single test-time ru
 GatedLoRALinear.deterministic_rank and BayesianBitsQuantizer.effective_bits). Everything downstream (merge,
 Q/DQ pass, audit cross-check, report) reads this plain data and nothing else of the training modules' logic.
 
-Representation rules (see docs ONNX.md, measured on onnxruntime 1.32):
+Representation rules (docs/ONNX.md, measured on onnxruntime 1.32):
 - Activations of 4 or 8 bits are quantized in the graph: Clip -> QuantizeLinear -> DequantizeLinear with an
   8-bit container (int8, or uint8 for unsigned quantizers), zero point 0. The Clip keeps the codes in the
   training code range (restricted symmetric, e.g. [-127, 127]; QuantizeLinear alone would saturate to -128).
@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from ..bops import MacProfile
+from ..errors import UserError
 from ..inject import wrapped_embeddings, wrapped_linears
 from ..ste import FLOAT_BITS, code_range
+from .options import PROFILES
 
-PROFILES = ("speed", "size")
 MIN_OPSET, MAX_OPSET = 21, 25
 INT2_OPSET = 25
 QDQ_ACT_BITS = (4, 8)  # activation widths quantized by Q/DQ in an 8-bit container
@@ -47,7 +48,7 @@ _CONTAINER_BITS = {"int2": 2, "uint2": 2, "int4": 4, "uint4": 4, "int8": 8, "uin
                    "fp32": 32, "float": 32}
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The checkpoint cannot be planned for export (e.g. an opset that cannot hold a learned width)."""
 
 

@@ -15,12 +15,13 @@ from collections import defaultdict
 import numpy as np
 
 from .merge import Merged
+from .onnx_export import ExportError
 from .plan import CompressionPlan, EmbeddingPlan, LinearPlan
 
 META_PREFIX = "blora."
 
 
-class GraphPassError(RuntimeError):
+class GraphPassError(ExportError):
     """The graph does not hold what the plan expects (a weight not found, an unsupported consumer)."""
 
 

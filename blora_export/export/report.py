@@ -1,10 +1,12 @@
 """audit.md (readable report with a per-layer table) and audit.png (learned rank and widths per layer and
-per projection: the paper's Figure 2 for this model), both from the audit dictionary written to audit.json."""
+per projection: the paper's Figure 2 for this model), both from the audit written to audit.json."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from .artifacts import Audit, LayerRecord, Verification
 
 _LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.(.+)$")
 
@@ -56,103 +58,103 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _verify_lines(verify: dict) -> list[str]:
-    if verify.get("skipped"):
+def _verify_lines(verify: Verification) -> list[str]:
+    if verify.skipped:
         return ["Verification was skipped (--no-verify)."]
-    lines = [f"Rule: {verify['rule']}", "",
-             f"PyTorch's own noise floor: {verify['noise_floor']:.3g} (it keeps {100 * verify['noise_agreement']:.1f}%"
+    loader = verify.loader
+    lines = [f"Rule: {verify.rule}", "",
+             f"PyTorch's own noise floor: {loader.noise_floor:.3g} (it keeps {100 * loader.noise_agreement:.1f}%"
              " of its predictions under that noise).", "",
              "| session options | inputs | max abs diff | max rel diff | tolerance | within | agreement | "
              "accuracy onnx / torch |", "|---|---|---|---|---|---|---|---|"]
-    for r, title in ((verify, "project loader (blora_export.runtime)"),
-                     (verify["default_options"], "onnxruntime defaults")):
-        acc = "-" if r.get("accuracy_onnx") is None else f"{r['accuracy_onnx']:.3f} / {r['accuracy_torch']:.3f}"
-        lines.append(f"| {title} | {r['n_inputs']} | {r['max_abs_diff']:.3g} | {r['max_rel_diff']:.3g} | "
-                     f"{r['tolerance']:.3g} | {'yes' if r['within_tolerance'] else 'NO'} | "
-                     f"{_pct(r['agreement'])} | {acc} |")
-    lines += ["", f"Loader session config: `{verify['session_config']}`"]
+    for r, title in ((loader, "project loader (blora_export.runtime)"),
+                     (verify.default_options, "onnxruntime defaults")):
+        acc = "-" if r.accuracy_onnx is None else f"{r.accuracy_onnx:.3f} / {r.accuracy_torch:.3f}"
+        lines.append(f"| {title} | {r.n_inputs} | {r.max_abs_diff:.3g} | {r.max_rel_diff:.3g} | "
+                     f"{r.tolerance:.3g} | {'yes' if r.within_tolerance else 'NO'} | "
+                     f"{_pct(r.agreement)} | {acc} |")
+    lines += ["", f"Loader session config: `{verify.session_config}`"]
     return lines
 
 
-def markdown(audit: dict, timings: dict | None = None) -> str:
-    t = audit["totals"]
-    size = audit["size"]
-    model, export = audit["model"], audit["export"]
+def markdown(audit: Audit, timings: dict | None = None) -> str:
+    t, size, model, export = audit.totals, audit.size, audit.model, audit.export
     lines = [
         "# blora-export audit", "",
-        f"- base model: `{model['base_model']}` ({model['model_type']}), method `{model['method']}`, "
-        f"labels {model['labels']}",
-        f"- export profile `{export['profile']}`, opset {export['opset']}, inputs {export['input_names']}",
-        f"- BOPs counted for one sequence of T = {audit['seq_len']} tokens (batch 1), BOPs = MACs x w_bits x a_bits",
+        f"- base model: `{model.base_model}` ({model.model_type}), method `{model.method}`, labels {model.labels}",
+        f"- export profile `{export.profile}`, opset {export.opset}, inputs {export.input_names}",
+        f"- BOPs counted for one sequence of T = {audit.seq_len} tokens (batch 1), BOPs = MACs x w_bits x a_bits",
         "", "## Totals", "",
         "| scope | BOPs | fp32 BOPs | reduction |", "|---|---|---|---|",
-        f"| whole model (every MatMul, attention included) | {_fmt_int(t['whole_model']['bops'])} | "
-        f"{_fmt_int(t['whole_model']['bops_fp32'])} | {_pct(t['whole_model']['reduction'])} |",
-        f"| adapted projections only | {_fmt_int(t['adapted']['bops'])} | {_fmt_int(t['adapted']['bops_fp32'])} | "
-        f"{_pct(t['adapted']['reduction'])} |",
-        "", f"Uniform W8A8 reference over the same quantizable layers: {_fmt_int(t['w8a8_reference_bops'])} BOPs "
-        f"(learned widths use {t['whole_model']['bops'] / t['w8a8_reference_bops']:.2f}x of it).",
-        f"Adapters, if kept unmerged, would add {_fmt_int(t['unmerged_adapter_macs'])} MACs; merged they add none.",
+        f"| whole model (every MatMul, attention included) | {_fmt_int(t.whole_model.bops)} | "
+        f"{_fmt_int(t.whole_model.bops_fp32)} | {_pct(t.whole_model.reduction)} |",
+        f"| adapted projections only | {_fmt_int(t.adapted.bops)} | {_fmt_int(t.adapted.bops_fp32)} | "
+        f"{_pct(t.adapted.reduction)} |",
+        "", f"Uniform W8A8 reference over the same quantizable layers: {_fmt_int(t.w8a8_reference_bops)} BOPs "
+        f"(learned widths use {t.whole_model.bops / t.w8a8_reference_bops:.2f}x of it).",
+        f"Adapters, if kept unmerged, would add {_fmt_int(t.unmerged_adapter_macs)} MACs; merged they add none.",
         "", "## Size", "",
-        f"model.onnx: {_fmt_int(size['onnx_bytes'])} bytes; the merged fp32 graph: "
-        f"{_fmt_int(size['fp32_onnx_bytes'])} bytes ({size['ratio']:.3f}x).",
+        f"model.onnx: {_fmt_int(size.onnx_bytes)} bytes; the merged fp32 graph: "
+        f"{_fmt_int(size.fp32_onnx_bytes)} bytes ({size.ratio:.3f}x).",
     ]
     if timings:
-        lines += ["", f"Latency on the machine that ran the export (batch 1 x {audit['seq_len']}, median of "
+        lines += ["", f"Latency on the machine that ran the export (batch 1 x {audit.seq_len}, median of "
                   f"{timings['runs']} runs, not part of audit.json): quantized {timings['quantized_ms']:.2f} ms, "
                   f"fp32 {timings['fp32_ms']:.2f} ms."]
-    lines += ["", "## Verification (onnxruntime vs PyTorch eval forward)", ""] + _verify_lines(audit["verify"])
-    rk = audit["runtime_kernels"]
+    lines += ["", "## Verification (onnxruntime vs PyTorch eval forward)", ""] + _verify_lines(audit.verify)
+    rk = audit.runtime_kernels
     lines += ["", "## Kernels onnxruntime chose", "",
-              f"Integer products expected from the plan: {rk['integer_products_expected']}; found in the optimized "
-              f"graph: {rk['integer_products_found']} (matrix-product ops there: {rk['ops']})."]
+              f"Integer products expected from the plan: {rk.integer_products_expected}; found in the optimized "
+              f"graph: {rk.integer_products_found} (matrix-product ops there: {rk.ops})."]
     lines += ["", "## Layers", "",
-              "Widths are read from the graph (types and values) and checked against the widths recorded at export. "
-              "`container` is how the weight is stored; `kernel` what onnxruntime runs.", "",
+              "Weight widths are the learned widths recorded at export, checked as bounds against the graph: the "
+              "stored codes fit in the learned width, and the learned width fits in the container (codes alone "
+              "cannot tell an 8-bit weight that spans a narrow range from a 4-bit one). Activation widths are read "
+              "from the graph (Q/DQ type and Clip range) and equal the learned ones. `container` is how the weight "
+              "is stored; `kernel` what onnxruntime runs.", "",
               "| layer | kind | rank | w bits | container | a bits | a container | kernel | MACs | BOPs |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in audit["layers"]:
-        rank = "-" if r["rank"] is None else f"{r['rank']}/{r['max_rank']}"
-        calls = f" (x{r['calls']})" if r.get("calls", 1) > 1 else ""
-        lines.append(f"| {r['name']}{calls} | {r['kind']} | {rank} | {r['w_bits']} | {r['container']} | "
-                     f"{r['a_bits']} | {r['a_container']} | {r['kernel']} | {_fmt_int(r['macs'])} | "
-                     f"{_fmt_int(r['bops'])} |")
-    if audit["embeddings"]:
+    for r in audit.layers:
+        rank = "-" if r.rank is None else f"{r.rank}/{r.max_rank}"
+        calls = f" (x{r.calls})" if r.calls > 1 else ""
+        lines.append(f"| {r.name}{calls} | {r.kind} | {rank} | {r.w_bits} | {r.container} | {r.a_bits} | "
+                     f"{r.a_container} | {r.kernel} | {_fmt_int(r.macs)} | {_fmt_int(r.bops)} |")
+    if audit.embeddings:
         lines += ["", "## Embedding tables (weight-only, no MACs)", "", "| table | bits | container | shape |",
                   "|---|---|---|---|"]
-        for e in audit["embeddings"]:
-            lines.append(f"| {e['name']} | {e['bits']} | {e['container']} | {e['rows']} x {e['cols']} |")
-    lines += ["", "## Notes", ""] + [f"- {n}" for n in audit["notes"]]
+        for e in audit.embeddings:
+            lines.append(f"| {e.name} | {e.bits} | {e.container} | {e.rows} x {e.cols} |")
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in audit.notes]
     return "\n".join(lines) + "\n"
 
 
-def _per_layer(layers: list[dict]) -> tuple[list[int], list[str], dict]:
+def _per_layer(layers: list[LayerRecord]) -> tuple[list[int], list[str], dict[str, dict[int, LayerRecord]]]:
     """{projection: {layer index: row}} for the encoder's linear layers."""
-    table: dict[str, dict[int, dict]] = {}
+    table: dict[str, dict[int, LayerRecord]] = {}
     for r in layers:
-        m = _LAYER.search(r["name"]) if r["kind"] == "linear" else None
+        m = _LAYER.search(r.name) if r.kind == "linear" else None
         if m:
             table.setdefault(m.group(2), {})[int(m.group(1))] = r
     indices = sorted({i for rows in table.values() for i in rows})
     return indices, list(table), table
 
 
-def chart(audit: dict, path: str | Path) -> None:
+def chart(audit: Audit, path: str | Path) -> None:
     """Grouped bars per encoder layer: learned rank of each adapted projection, weight and activation bits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    indices, projections, table = _per_layer(audit["layers"])
-    adapted = [p for p in projections if any(r["rank"] is not None for r in table[p].values())]
+    indices, projections, table = _per_layer(audit.layers)
+    adapted = [p for p in projections if any(r.rank is not None for r in table[p].values())]
     panels = [("learned rank (adapted projections)", "rank", adapted),
               ("weight bits", "w_bits", projections), ("activation bits", "a_bits", projections)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.9 * len(indices) + 5), 9), squeeze=False)
     for ax, (title, key, names) in zip(axes[:, 0], panels, strict=True):
         width = 0.8 / max(1, len(names))
         for j, name in enumerate(names):
-            values = [table[name].get(i, {}).get(key) or 0 for i in indices]
+            values = [getattr(table[name][i], key) or 0 if i in table[name] else 0 for i in indices]
             ax.bar([i + (j - (len(names) - 1) / 2) * width for i in indices], values, width, label=name)
         ax.set_title(title)
         ax.set_xticks(indices)
@@ -164,9 +166,8 @@ def chart(audit: dict, path: str | Path) -> None:
             ax.set_ylim(1.5, 40)
         if names:
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    model = audit["model"]
-    fig.suptitle(f"{model['model_type']} ({model['method']}): learned ranks and widths, "
-                 f"T = {audit['seq_len']}", fontsize=10)
+    model = audit.model
+    fig.suptitle(f"{model.model_type} ({model.method}): learned ranks and widths, T = {audit.seq_len}", fontsize=10)
     fig.tight_layout()
     fig.savefig(str(path), dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -17,20 +17,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..data import DataError
+from ..errors import UserError
+from .artifacts import Agreement, Verification
 
 RTOL = 1e-3
 NOISE_FACTOR = 4.0
 NOISE_SCALES = (1 + 2**-22, 1 - 2**-22, 1 + 2**-20, 1 - 2**-20)
 MIN_AGREEMENT = 0.99
 BATCH_SIZE = 16
+RULE = (f"max |logit_onnx - logit_torch| <= max({RTOL:g} * max(1, max |logit_torch|), {NOISE_FACTOR:g} * noise floor), "
+        "noise floor = max change of PyTorch's logits when its input embeddings are scaled by (1 +- 2^-22) or "
+        f"(1 +- 2^-20); predictions must agree on >= {100 * MIN_AGREEMENT:.0f}% of inputs")
 
 
-class VerificationError(RuntimeError):
+class VerificationError(UserError, RuntimeError):
     """The exported model does not reproduce the PyTorch model closely enough."""
 
 
@@ -42,31 +49,11 @@ class NoiseFloor:
     agreement: float  # PyTorch vs itself: the share of predictions that survive the noise
 
 
-@dataclass
-class VerifyResult:
-    n_inputs: int
-    max_abs_diff: float
-    max_rel_diff: float  # max_abs_diff / max(1, max |logit_torch|)
-    tolerance: float
-    within_tolerance: bool
-    agreement: float
-    noise_floor: float = 0.0
-    noise_agreement: float = 1.0
-    accuracy_onnx: float | None = None
-    accuracy_torch: float | None = None
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for key in ("max_abs_diff", "max_rel_diff", "tolerance", "noise_floor"):
-            d[key] = float(f"{d[key]:.4g}")  # stable bytes in audit.json
-        return d
-
-
 def read_examples(path: str | Path) -> list[dict]:
     """JSON lines with "text" (and "text_pair" for pair tasks, optional "label")."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"validation file {path} does not exist")
+        raise DataError(f"validation file {path} does not exist")
     rows = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -74,9 +61,9 @@ def read_examples(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i} is not JSON ({e.msg}); expected JSON lines with a 'text' field") from None
+            raise DataError(f"{path}:{i} is not JSON ({e.msg}); expected JSON lines with a 'text' field") from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f"{path}:{i} has no string 'text' field; expected JSON lines like "
+            raise DataError(f"{path}:{i} has no string 'text' field; expected JSON lines like "
                              '{"text": "...", "label": 1}')
         rows.append(row)
     return rows
@@ -133,14 +120,14 @@ def noise_floor(model: torch.nn.Module, batches: list[dict[str, np.ndarray]], re
 
 
 def compare(reference: np.ndarray, got: np.ndarray, problem_type: str, labels: list | None = None,
-            noise: NoiseFloor | None = None) -> VerifyResult:
+            noise: NoiseFloor | None = None) -> Agreement:
     noise = noise or NoiseFloor(0.0, 1.0)
     diff = np.abs(got.astype(np.float64) - reference.astype(np.float64))
     scale = max(1.0, float(np.abs(reference).max())) if reference.size else 1.0
     tol = max(RTOL * scale, NOISE_FACTOR * noise.max_abs_diff)
     max_diff = float(diff.max()) if diff.size else 0.0
     agree = _agree(got, reference, problem_type, tol)
-    result = VerifyResult(n_inputs=len(reference), max_abs_diff=max_diff, max_rel_diff=max_diff / scale,
+    result = Agreement(n_inputs=len(reference), max_abs_diff=max_diff, max_rel_diff=max_diff / scale,
                           tolerance=tol, within_tolerance=max_diff <= tol,
                           agreement=float(agree.mean()) if len(agree) else 0.0,
                           noise_floor=noise.max_abs_diff, noise_agreement=noise.agreement)
@@ -168,7 +155,7 @@ def example_labels(examples: list[dict], label_names: list[str]) -> list[int] | 
 
 
 def verify_export(model_path: Path, model: torch.nn.Module, tokenizer, examples: list[dict], input_names: list[str],
-                  meta, log: Callable[[str], None]) -> dict:
+                  meta, log: Callable[[str], None]) -> Verification:
     """Run the checks and return the audit's `verify` section; raises VerificationError below MIN_AGREEMENT."""
     import onnxruntime as ort
 
@@ -198,10 +185,5 @@ def verify_export(model_path: Path, model: torch.nn.Module, tokenizer, examples:
                                     "(use --no-verify to export anyway)")
         if not r.within_tolerance:
             log(f"  warning: max |diff| {r.max_abs_diff:.3g} exceeds the tolerance {r.tolerance:.3g}")
-    # Top level: the project's loader options (what runtime.load uses); "default_options": plain onnxruntime.
-    return {**results["loader_options"].to_dict(), "session_config": dict(runtime.SESSION_CONFIG),
-            "rule": f"max |logit_onnx - logit_torch| <= max({RTOL:g} * max(1, max |logit_torch|), "
-                    f"{NOISE_FACTOR:g} * noise floor), noise floor = max change of PyTorch's logits when its input "
-                    f"embeddings are scaled by (1 +- 2^-22) or (1 +- 2^-20); predictions must agree on >= "
-                    f"{100 * MIN_AGREEMENT:.0f}% of inputs",
-            "default_options": results["default_options"].to_dict()}
+    # The loader's options (what runtime.load uses) are the verdict; "default_options": plain onnxruntime.
+    return Verification(results["loader_options"], results["default_options"], dict(runtime.SESSION_CONFIG), RULE)

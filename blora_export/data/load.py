@@ -12,8 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import TrainError
-from .options import TrainConfig
+from .spec import DataError, DataSpec
 from .tasks import CLASSIFICATION, Task, classification_task, glue_task
 
 EXTENSIONS = (".tsv", ".csv", ".json", ".jsonl")
@@ -50,9 +49,9 @@ def read_table(path: str | Path, header: bool = True) -> list[dict[str, str | No
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
-        raise TrainError(f"{path}: unsupported file type {suffix!r}; use one of {list(EXTENSIONS)}")
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {list(EXTENSIONS)}")
     if not path.is_file():
-        raise TrainError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} does not exist")
     csv.field_size_limit(sys.maxsize)  # long GLUE parse-tree columns (MNLI) exceed the default
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -63,9 +62,9 @@ def read_table(path: str | Path, header: bool = True) -> list[dict[str, str | No
                 return list(csv.DictReader(f, **kw))
             text = f.read()
     except UnicodeDecodeError as e:
-        raise TrainError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     except (OSError, csv.Error) as e:
-        raise TrainError(f"cannot read {path}: {e}") from None
+        raise DataError(f"cannot read {path}: {e}") from None
     return _json_rows(path, text, lines=suffix == ".jsonl")
 
 
@@ -80,9 +79,9 @@ def _json_rows(path: Path, text: str, lines: bool) -> list[dict]:
         if lines:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
-        raise TrainError(f"{path} is not valid JSON or JSON lines ({e})") from None
+        raise DataError(f"{path} is not valid JSON or JSON lines ({e})") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise TrainError(f"{path} must hold a list of objects (one example each)")
+        raise DataError(f"{path} must hold a list of objects (one example each)")
     return rows
 
 
@@ -90,7 +89,7 @@ def _column(role: str, explicit: str | None, candidates: tuple, available: list,
     """The column for `role`: the one the user named, else the first default candidate present."""
     if explicit is not None:
         if explicit not in available:
-            raise TrainError(f"{path}: no column {explicit!r} (--{role}-column); columns: {available}")
+            raise DataError(f"{path}: no column {explicit!r} (--{role}-column); columns: {available}")
         return explicit
     for c in candidates:
         if c is not None and c in available:
@@ -98,19 +97,19 @@ def _column(role: str, explicit: str | None, candidates: tuple, available: list,
     return None
 
 
-def _columns(cfg: TrainConfig, task: Task | None, rows: list[dict], path) -> tuple[str, str | None, str]:
+def _columns(spec: DataSpec, task: Task | None, rows: list[dict], path) -> tuple[str, str | None, str]:
     available = list(rows[0].keys()) if rows else []
     defaults = (task.text, task.hub_text) if task else ("text", "sentence")
     pair_defaults = (task.text_pair, task.hub_text_pair) if task else ()
     label_defaults = (task.label, "label") if task else ("label",)
-    text = _column("text", cfg.text_column, defaults, available, path)
-    pair = _column("text-pair", cfg.text_pair_column, pair_defaults, available, path)
-    label = _column("label", cfg.label_column, label_defaults, available, path)
+    text = _column("text", spec.text_column, defaults, available, path)
+    pair = _column("text-pair", spec.text_pair_column, pair_defaults, available, path)
+    label = _column("label", spec.label_column, label_defaults, available, path)
     if text is None or label is None:
-        raise TrainError(f"{path}: cannot find the text/label columns among {available}; "
+        raise DataError(f"{path}: cannot find the text/label columns among {available}; "
                          "name them with --text-column and --label-column")
     if task and task.text_pair and pair is None:
-        raise TrainError(f"{path}: task {task.name} is a sentence-pair task but no second text column was found "
+        raise DataError(f"{path}: task {task.name} is a sentence-pair task but no second text column was found "
                          f"among {available}; name it with --text-pair-column")
     return text, pair, label
 
@@ -123,7 +122,7 @@ def _label_id(raw, task: Task, where: str) -> int | float:
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value):
-            raise TrainError(f"{where}: label {raw!r} is not a finite number (regression task); fix or drop the row")
+            raise DataError(f"{where}: label {raw!r} is not a finite number (regression task); fix or drop the row")
         return value
     key = str(raw).strip()
     if key in task.labels:
@@ -135,7 +134,7 @@ def _label_id(raw, task: Task, where: str) -> int | float:
             number = None
         if number is not None and number.is_integer() and 0 <= number < len(task.labels):
             return int(number)
-    raise TrainError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
+    raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
 
 
 def label_names(values: list) -> tuple[str, ...]:
@@ -166,31 +165,31 @@ def _find(directory: Path, stems: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _from_files(cfg: TrainConfig, train_path: Path, eval_path: Path, task: Task | None) -> Dataset:
+def _from_files(spec: DataSpec, train_path: Path, eval_path: Path, task: Task | None) -> Dataset:
     header = task.header if task else True
     train_rows, eval_rows = read_table(train_path, header), read_table(eval_path, header)
     if not train_rows:
-        raise TrainError(f"{train_path} holds no examples")
+        raise DataError(f"{train_path} holds no examples")
     if task and not task.header:  # headerless GLUE file (CoLA): fixed column positions
         text, label = task.positions
         pair = None
     else:
-        text, pair, label = _columns(cfg, task, train_rows, train_path)
-        _columns(cfg, task, eval_rows or train_rows, eval_path)
+        text, pair, label = _columns(spec, task, train_rows, train_path)
+        _columns(spec, task, eval_rows or train_rows, eval_path)
     if task is None:
         task = classification_task(text, pair, label, label_names([r.get(label) for r in train_rows
                                                                    if r.get(label) not in (None, "")]))
         if len(task.labels) < 2:
-            raise TrainError(f"{train_path}: column {label!r} holds fewer than two labels")
+            raise DataError(f"{train_path}: column {label!r} holds fewer than two labels")
     train, skipped_train = _examples(train_rows, text, pair, label, task, train_path)
     validation, skipped_eval = _examples(eval_rows, text, pair, label, task, eval_path)
     if not train or not validation:
-        raise TrainError(f"no labelled examples in {train_path if not train else eval_path}")
+        raise DataError(f"no labelled examples in {train_path if not train else eval_path}")
     return Dataset(task, train, validation, skipped_train + skipped_eval)
 
 
-def _from_glue_dir(cfg: TrainConfig, task: Task | None) -> Dataset:
-    directory = Path(cfg.data_dir)
+def _from_glue_dir(spec: DataSpec, task: Task | None) -> Dataset:
+    directory = Path(spec.data_dir)
     if task is None:  # classification from a directory: train.* and dev.* / validation.*
         train, dev = _find(directory, ("train",)), _find(directory, ("dev", "validation"))
     else:
@@ -198,8 +197,8 @@ def _from_glue_dir(cfg: TrainConfig, task: Task | None) -> Dataset:
     for path, kind in ((train, "train"), (dev, "validation")):
         if path is None or not path.is_file():
             expected = f"train.tsv and {task.dev_file}" if task else "train.* and dev.* (tsv, csv, json, jsonl)"
-            raise TrainError(f"--data-dir {directory} has no {kind} file; expected the GLUE layout ({expected})")
-    return _from_files(cfg, train, dev, task)
+            raise DataError(f"--data-dir {directory} has no {kind} file; expected the GLUE layout ({expected})")
+    return _from_files(spec, train, dev, task)
 
 
 def _from_hub(task: Task) -> Dataset:
@@ -209,7 +208,7 @@ def _from_hub(task: Task) -> Dataset:
         raw = datasets.load_dataset("nyu-mll/glue", task.name)
         splits = (raw["train"], raw[task.hub_validation])
     except Exception as e:  # offline, no such dataset, damaged cache: all end in the same advice
-        raise TrainError(f"could not load GLUE {task.name} from the Hugging Face hub ({type(e).__name__}); "
+        raise DataError(f"could not load GLUE {task.name} from the Hugging Face hub ({type(e).__name__}); "
                          f"pass local files: --data-dir DIR (GLUE layout: train.tsv, {task.dev_file}) "
                          "or --train-file/--validation-file") from None
     out = []
@@ -220,49 +219,49 @@ def _from_hub(task: Task) -> Dataset:
     return Dataset(task, out[0], out[1])
 
 
-def load(cfg: TrainConfig) -> Dataset:
+def load(spec: DataSpec) -> Dataset:
     """The configured data, truncated to --max-train-samples / --max-eval-samples (first rows, as run_glue)."""
-    task = None if cfg.task == CLASSIFICATION else glue_task(cfg.task)
-    if cfg.data_dir:
-        data = _from_glue_dir(cfg, task)
-    elif cfg.train_file:
-        data = _from_files(cfg, Path(cfg.train_file), Path(cfg.validation_file), task)
+    task = None if spec.task == CLASSIFICATION else glue_task(spec.task)
+    if spec.data_dir:
+        data = _from_glue_dir(spec, task)
+    elif spec.train_file:
+        data = _from_files(spec, Path(spec.train_file), Path(spec.validation_file), task)
     else:
         data = _from_hub(task)
-    if cfg.max_train_samples:
-        data.train = data.train[: cfg.max_train_samples]
-    if cfg.max_eval_samples:
-        data.validation = data.validation[: cfg.max_eval_samples]
+    if spec.max_train_samples:
+        data.train = data.train[: spec.max_train_samples]
+    if spec.max_eval_samples:
+        data.validation = data.validation[: spec.max_eval_samples]
     return data
 
 
-def load_validation(cfg: TrainConfig, labels: tuple[str, ...] | list[str] | None = None) -> tuple[Task, list[Example]]:
-    """Only the validation split (for evaluating a trained model): cfg.data_dir's dev/validation file or
-    cfg.validation_file, read like `load` reads it, truncated to cfg.max_eval_samples. For 'classification'
+def load_validation(spec: DataSpec, labels: tuple[str, ...] | list[str] | None = None) -> tuple[Task, list[Example]]:
+    """Only the validation split (for evaluating a trained model): spec.data_dir's dev/validation file or
+    spec.validation_file, read like `load` reads it, truncated to spec.max_eval_samples. For 'classification'
     the label names come from the model (`labels`), not from a train file."""
-    task = None if cfg.task == CLASSIFICATION else glue_task(cfg.task)
-    if cfg.data_dir:
-        directory = Path(cfg.data_dir)
+    task = None if spec.task == CLASSIFICATION else glue_task(spec.task)
+    if spec.data_dir:
+        directory = Path(spec.data_dir)
         path = _find(directory, ("dev", "validation")) if task is None else directory / task.dev_file
         if path is None or not path.is_file():
             expected = task.dev_file if task else "dev.* or validation.* (tsv, csv, json, jsonl)"
-            raise TrainError(f"--data-dir {directory} has no validation file; expected {expected}")
-    elif cfg.validation_file:
-        path = Path(cfg.validation_file)
+            raise DataError(f"--data-dir {directory} has no validation file; expected {expected}")
+    elif spec.validation_file:
+        path = Path(spec.validation_file)
     else:
-        raise TrainError("pass the validation data: --data-dir DIR or --validation-file FILE")
+        raise DataError("pass the validation data: --data-dir DIR or --validation-file FILE")
     rows = read_table(path, task.header if task else True)
     if not rows:
-        raise TrainError(f"{path} holds no examples")
+        raise DataError(f"{path} holds no examples")
     if task and not task.header:  # headerless GLUE file (CoLA): fixed column positions
         (text, label), pair = task.positions, None
     else:
-        text, pair, label = _columns(cfg, task, rows, path)
+        text, pair, label = _columns(spec, task, rows, path)
     if task is None:
         if not labels:
-            raise TrainError("--task classification needs the model's label names to map the file's labels")
+            raise DataError("--task classification needs the model's label names to map the file's labels")
         task = classification_task(text, pair, label, tuple(labels))
     examples, _ = _examples(rows, text, pair, label, task, path)
     if not examples:
-        raise TrainError(f"no labelled examples in {path}")
-    return task, examples[: cfg.max_eval_samples] if cfg.max_eval_samples else examples
+        raise DataError(f"no labelled examples in {path}")
+    return task, examples[: spec.max_eval_samples] if spec.max_eval_samples else examples

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import TrainError
+from .spec import DataError
 
 
 @dataclass(frozen=True)
@@ -69,5 +69,5 @@ def classification_task(text: str, text_pair: str | None, label: str, labels: tu
 
 def glue_task(name: str) -> Task:
     if name not in GLUE:
-        raise TrainError(f"unknown task {name!r}; choose one of {list(TASK_NAMES)}")
+        raise DataError(f"unknown task {name!r}; choose one of {list(TASK_NAMES)}")
     return GLUE[name]

@@ -1,0 +1,363 @@
+"""The files `compress` writes for others to read, each with one typed definition: audit.json (`Audit`) and
+deploy.json (`Deploy`). One format name and version each; `to_dict` writes, `from_dict` reads and validates.
+`build_audit` makes the audit of a graph for both `compress` and `blora-export audit`; every reader (the report,
+the command line, the runtime loader, the benchmark tools) goes through these types, never through string keys.
+
+An audit from `compress` carries the sections only compress knows (model, export, embeddings, verify,
+runtime_kernels, per-layer kernel and adapter MACs); one from `blora-export audit` carries its source file
+instead. Sections a producer does not know are left out of the JSON, not written as null.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+
+AUDIT_FORMAT, AUDIT_VERSION = "blora-export audit", 1
+DEPLOY_FORMAT, DEPLOY_VERSION = "blora-export deploy", 1
+AUDIT_FILE, DEPLOY_FILE, MODEL_FILE = "audit.json", "deploy.json", "model.onnx"
+
+
+class ArtifactError(UserError, ValueError):
+    """An audit.json or deploy.json that does not have the shape this version writes."""
+
+
+# ---- a small typed JSON mapping -------------------------------------------------------------------------------
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Verification):  # the one record with its own JSON shape
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        omit = getattr(value, "OMIT_IF_NONE", ())
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.name in omit and getattr(value, f.name) is None)}
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _parse(value: Any, kind: Any, where: str) -> Any:
+    """`value` (parsed JSON) as the annotated type `kind`; an ArtifactError names the field at fault."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _parse(value, option, where)
+            except ArtifactError:
+                continue
+        raise ArtifactError(f"{where} has an unexpected value {value!r:.60}")
+    if kind is Verification:
+        return Verification.from_dict(value, where)
+    if dataclasses.is_dataclass(kind):
+        return _from_json(kind, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ArtifactError(f"{where} must be a list")
+        return [_parse(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ArtifactError(f"{where} must be an object")
+        return {str(k): _parse(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return value  # JSON writes 2.0 as 2.0 and 2 as 2: keep what was written
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (str, bool) and type(value) is kind:
+        return value
+    raise ArtifactError(f"{where} must be of type {getattr(kind, '__name__', kind)}, got {value!r:.60}")
+
+
+def _from_json(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{where} must be an object")
+    hints = typing.get_type_hints(cls)
+    kwargs, known = {}, set()
+    for f in dataclasses.fields(cls):
+        known.add(f.name)
+        if f.name in data:
+            kwargs[f.name] = _parse(data[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ArtifactError(f"{where} has no field {f.name!r}")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ArtifactError(f"{where} has unknown fields {unknown[:3]}")
+    return cls(**kwargs)
+
+
+class _Record:
+    """to_dict/from_dict for the dataclasses below."""
+
+    def to_dict(self) -> dict:
+        return _to_json(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None):
+        return _from_json(cls, data, where or cls.__name__)
+
+
+# ---- audit.json -----------------------------------------------------------------------------------------------
+@dataclass
+class LayerRecord(_Record):
+    """One linear layer (its calls summed) or one attention product."""
+
+    OMIT_IF_NONE = ("kernel", "adapter_macs")
+    name: str
+    kind: str  # "linear" | "attention"
+    macs: int
+    w_bits: int
+    a_bits: int
+    container: str  # how the weight (or second operand) is stored
+    a_container: str
+    rank: int | None
+    max_rank: int | None
+    calls: int
+    bops: int
+    kernel: str | None = None  # compress: what onnxruntime runs for this layer
+    adapter_macs: int | None = None  # compress: the adapter's MACs if it were kept unmerged
+
+
+@dataclass
+class Scope(_Record):
+    bops: int
+    bops_fp32: int
+    reduction: float
+
+
+@dataclass
+class Totals(_Record):
+    OMIT_IF_NONE = ("unmerged_adapter_macs",)
+    whole_model: Scope
+    adapted: Scope
+    w8a8_reference_bops: int
+    unmerged_adapter_macs: int | None = None  # compress
+
+
+@dataclass
+class Size(_Record):
+    OMIT_IF_NONE = ("fp32_onnx_bytes_source",)
+    onnx_bytes: int
+    fp32_onnx_bytes: int
+    ratio: float
+    fp32_onnx_bytes_source: str | None = None  # blora-export audit: measured, exact or estimated
+
+
+@dataclass
+class ModelInfo(_Record):
+    base_model: str
+    model_type: str
+    method: str
+    task: str
+    problem_type: str
+    labels: list[str]
+
+
+@dataclass
+class ExportInfo(_Record):
+    profile: str
+    opset: int
+    input_names: list[str]
+
+
+@dataclass
+class EmbeddingRecord(_Record):
+    name: str
+    bits: int
+    container: str
+    rows: int
+    cols: int
+
+
+@dataclass
+class Agreement(_Record):
+    """onnxruntime against the PyTorch reference on the verification inputs, for one set of session options."""
+
+    n_inputs: int
+    max_abs_diff: float
+    max_rel_diff: float  # max_abs_diff / max(1, max |logit_torch|)
+    tolerance: float
+    within_tolerance: bool
+    agreement: float
+    noise_floor: float = 0.0
+    noise_agreement: float = 1.0
+    accuracy_onnx: float | None = None
+    accuracy_torch: float | None = None
+
+    def rounded(self) -> Agreement:
+        """Differences to 4 significant digits: stable bytes in audit.json."""
+        four = {k: float(f"{getattr(self, k):.4g}") for k in ("max_abs_diff", "max_rel_diff", "tolerance",
+                                                              "noise_floor")}
+        return dataclasses.replace(self, **four)
+
+
+@dataclass
+class Verification(_Record):
+    """The audit's `verify` section. In JSON: {"skipped": true} (--no-verify), or the loader options' agreement
+    at the top level with the rule it was held to, the session config, and the agreement under onnxruntime's
+    default options."""
+
+    loader: Agreement | None = None  # None: skipped
+    default_options: Agreement | None = None
+    session_config: dict[str, str] = field(default_factory=dict)
+    rule: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return self.loader is None
+
+    def to_dict(self) -> dict:
+        if self.loader is None:
+            return {"skipped": True}
+        return {**self.loader.rounded().to_dict(), "session_config": dict(self.session_config), "rule": self.rule,
+                "default_options": self.default_options.rounded().to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None) -> Verification:
+        where = where or "verify"
+        if data == {"skipped": True}:
+            return cls()
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where} must be an object")
+        names = {f.name for f in dataclasses.fields(Agreement)}
+        extra = {k: v for k, v in data.items() if k not in names}
+        rest = _from_json(_VerificationRest, extra, where)
+        return cls(Agreement.from_dict({k: v for k, v in data.items() if k in names}, where),
+                   rest.default_options, rest.session_config, rest.rule)
+
+
+@dataclass
+class _VerificationRest(_Record):
+    default_options: Agreement
+    session_config: dict[str, str]
+    rule: str
+
+
+@dataclass
+class RuntimeKernels(_Record):
+    integer_products_expected: int
+    integer_products_found: int
+    ops: dict[str, int]
+
+
+@dataclass
+class Audit(_Record):
+    """audit.json: the BOP audit of one ONNX graph (compress) or of any ONNX file (blora-export audit)."""
+
+    OMIT_IF_NONE = ("model", "export", "embeddings", "verify", "runtime_kernels", "source", "blora_export_graph")
+    seq_len: int
+    layers: list[LayerRecord]
+    attention_macs: int
+    totals: Totals
+    size: Size
+    notes: list[str]
+    format: str = AUDIT_FORMAT
+    version: int = AUDIT_VERSION
+    # compress
+    model: ModelInfo | None = None
+    export: ExportInfo | None = None
+    embeddings: list[EmbeddingRecord] | None = None
+    verify: Verification | None = None
+    runtime_kernels: RuntimeKernels | None = None
+    # blora-export audit
+    source: str | None = None
+    blora_export_graph: bool | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None) -> Audit:
+        audit = _from_json(cls, data, where or AUDIT_FILE)
+        if (audit.format, audit.version) != (AUDIT_FORMAT, AUDIT_VERSION):
+            raise ArtifactError(f"{where or AUDIT_FILE} is format {audit.format!r} version {audit.version}, "
+                                f"expected {AUDIT_FORMAT!r} version {AUDIT_VERSION}")
+        return audit
+
+    @classmethod
+    def read(cls, path: str | Path) -> Audit:
+        return cls.from_dict(_read_json(Path(path)), str(path))
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def build_audit(graph, size: Size, notes: list[str], plan=None, **sections) -> Audit:
+    """The audit of a read graph (export.graph_audit.GraphAudit). With the compression `plan` (compress), each
+    linear layer also records its kernel and its unmerged adapter's MACs; `sections` are the producer's own
+    (compress: model, export, embeddings, verify, runtime_kernels; blora-export audit: source,
+    blora_export_graph)."""
+    from .plan import KERNEL_FLOAT
+
+    layers = [LayerRecord(**row) for row in graph.layer_rows()]
+    totals = Totals.from_dict(graph.totals())
+    if plan is not None:
+        kernels = {lp.name: lp.kernel for lp in plan.linears}
+        for r in layers:
+            r.kernel = kernels.get(r.name, KERNEL_FLOAT)
+            if r.kind == "linear" and r.rank is not None:
+                lp = plan.linear(r.name)
+                r.adapter_macs = r.macs // (lp.d_in * lp.d_out) * lp.rank * (lp.d_in + lp.d_out)
+        totals.unmerged_adapter_macs = sum(r.adapter_macs or 0 for r in layers)
+    return Audit(seq_len=graph.seq_len, layers=layers, attention_macs=graph.attention_macs, totals=totals,
+                 size=size, notes=notes, **sections)
+
+
+# ---- deploy.json ----------------------------------------------------------------------------------------------
+@dataclass
+class Deploy(_Record):
+    """deploy.json: what a runtime needs to serve model.onnx (blora_export.runtime reads it)."""
+
+    input_names: list[str]
+    labels: list[str]
+    problem_type: str
+    max_length: int
+    session_config: dict[str, str]
+    profile: str
+    opset: int
+    output_name: str = "logits"
+    model: str = MODEL_FILE
+    format: str = DEPLOY_FORMAT
+    version: int = DEPLOY_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None) -> Deploy:
+        where = where or DEPLOY_FILE
+        deploy = _from_json(cls, data, where)
+        if (deploy.format, deploy.version) != (DEPLOY_FORMAT, DEPLOY_VERSION):
+            raise ArtifactError(f"{where} is format {deploy.format!r} version {deploy.version}, expected "
+                                f"{DEPLOY_FORMAT!r} version {DEPLOY_VERSION}")
+        if deploy.max_length < 1 or not deploy.input_names or Path(deploy.model).name != deploy.model:
+            raise ArtifactError(f"{where} has an invalid max_length, input_names or model file name")
+        return deploy
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> Deploy:
+        path = Path(out_dir) / DEPLOY_FILE
+        return cls.from_dict(_read_json(path), str(path))
+
+    def write(self, out_dir: str | Path) -> None:
+        path = Path(out_dir) / DEPLOY_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
+
+
+__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "DEPLOY_FILE", "MODEL_FILE", "Agreement", "ArtifactError", "Audit",
+           "Deploy", "EmbeddingRecord", "ExportInfo", "LayerRecord", "ModelInfo", "RuntimeKernels", "Scope", "Size",
+           "Totals", "Verification", "build_audit"]
