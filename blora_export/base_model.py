@@ -36,10 +36,11 @@ def load_base_model(ref: str, num_labels: int, id2label: dict[int, str] | None =
 
 def max_positions(model: nn.Module) -> int | None:
     """The longest token sequence the model's position embeddings take (None: no limit recorded)."""
-    config = model.config
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit and config.model_type == "roberta":  # positions start after the padding index
-        limit -= (config.pad_token_id or 0) + 1
+    limit = getattr(model.config, "max_position_embeddings", None)
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    padding = getattr(embeddings, "padding_idx", None)
+    if limit and isinstance(padding, int) and hasattr(embeddings, "position_embeddings"):
+        limit -= padding + 1  # RoBERTa-style positions start after the padding index
     return limit
 
 

@@ -44,17 +44,17 @@ class Dataset:
 
 
 # ---- tables --------------------------------------------------------------------------------------
-def read_table(path: str | Path, header: bool = True) -> list[dict[str, str | None]]:
-    """Rows of a .tsv (quoting disabled: GLUE files hold unbalanced quotes), .csv, .json or .jsonl file."""
+def read_table(path: str | Path, header: bool = True) -> list[dict]:
+    """Rows of a .tsv (quoting disabled: GLUE files hold unbalanced quotes), .csv, .json or .jsonl file, UTF-8
+    with or without a byte-order mark (the official GLUE files of MRPC start with one)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in EXTENSIONS:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {list(EXTENSIONS)}")
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+    _check_file(path)
     csv.field_size_limit(sys.maxsize)  # long GLUE parse-tree columns (MNLI) exceed the default
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             if suffix in (".tsv", ".csv"):
                 kw = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {}
                 if not header:
@@ -66,6 +66,16 @@ def read_table(path: str | Path, header: bool = True) -> list[dict[str, str | No
     except (OSError, csv.Error) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     return _json_rows(path, text, lines=suffix == ".jsonl")
+
+
+def _check_file(path: Path) -> None:
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; pass a file (or the directory as --data-dir)")
+    if path.exists():
+        raise DataError(f"data file {path} is not a regular file (a pipe or device); save the data to a file")
+    raise DataError(f"data file {path} does not exist")
 
 
 def _json_rows(path: Path, text: str, lines: bool) -> list[dict]:
@@ -80,6 +90,8 @@ def _json_rows(path: Path, text: str, lines: bool) -> list[dict]:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON or JSON lines ({e})") from None
+    except RecursionError:
+        raise DataError(f"{path} nests JSON too deeply to be a table of examples") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise DataError(f"{path} must hold a list of objects (one example each)")
     return rows
@@ -115,34 +127,65 @@ def _columns(spec: DataSpec, task: Task | None, rows: list[dict], path) -> tuple
 
 
 # ---- labels --------------------------------------------------------------------------------------
+def label_key(raw) -> str:
+    """One spelling per label: 1, 1.0, "1" and " 1 " are the label "1"; true and "True" the label "true"."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and float(raw).is_integer():
+        return str(int(raw))
+    key = str(raw).strip()
+    if key.lower() in ("true", "false"):
+        return key.lower()
+    try:
+        number = float(key)
+    except ValueError:
+        return key
+    return str(int(number)) if number.is_integer() and math.isfinite(number) else key
+
+
 def _label_id(raw, task: Task, where: str) -> int | float:
     if task.is_regression:
         try:
-            value = float(raw)
+            value = float(raw) if not isinstance(raw, bool) else math.nan
         except (TypeError, ValueError):
             value = math.nan
         if not math.isfinite(value):
             raise DataError(f"{where}: label {raw!r} is not a finite number (regression task); fix or drop the row")
         return value
-    key = str(raw).strip()
+    if isinstance(raw, list | dict):
+        raise DataError(f"{where}: label {raw!r:.60} is not a single value")
+    key = label_key(raw)
     if key in task.labels:
         return task.labels.index(key)
-    if task.name != CLASSIFICATION:  # GLUE files write some labels as class ids (0/1)
-        try:
-            number = float(key)
-        except ValueError:
-            number = None
-        if number is not None and number.is_integer() and 0 <= number < len(task.labels):
-            return int(number)
+    if task.name != CLASSIFICATION and key.isdigit() and int(key) < len(task.labels):
+        return int(key)  # GLUE files write some labels as class ids (0/1)
     raise DataError(f"{where}: label {raw!r} is not one of {list(task.labels)}")
 
 
-def label_names(values: list) -> tuple[str, ...]:
-    """The label set of a train file, sorted (numerically when every label is an integer)."""
-    names = {str(v).strip() for v in values}
-    if all(n.lstrip("-").isdigit() for n in names):
+def label_names(values: list, where: str = "the labels") -> tuple[str, ...]:
+    """The label set of a train file in one spelling each (label_key), sorted (numerically when every label is an
+    integer); labels that mix booleans and numbers have no one meaning: an error."""
+    for v in values:
+        if isinstance(v, list | dict):
+            raise DataError(f"{where}: label {v!r:.60} is not a single value")
+    names = {label_key(v) for v in values}
+    numeric = {n for n in names if n.lstrip("-").isdigit()}
+    if numeric and names & {"true", "false"}:
+        raise DataError(f"{where}: labels mix booleans and numbers ({sorted(names)[:4]}); write them one way")
+    if numeric == names:
         return tuple(sorted(names, key=int))
     return tuple(sorted(names))
+
+
+def _text(value, column: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"{where}: column {column!r} holds {type(value).__name__} {value!r:.40}, not text")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: column {column!r} holds text that is not valid Unicode (a lone surrogate)") \
+            from None
+    return value
 
 
 def _examples(rows, text, pair, label, task: Task, path) -> tuple[list[Example], int]:
@@ -152,7 +195,9 @@ def _examples(rows, text, pair, label, task: Task, path) -> tuple[list[Example],
         if first is None or second is None or y is None or str(y).strip() == "":
             skipped += 1  # a malformed or unlabelled row (e.g. the known broken lines of QQP's train.tsv)
             continue
-        out.append(Example(str(first), str(second) if pair else None, _label_id(y, task, f"{path} row {i + 1}")))
+        where = f"{path} row {i + 1}"
+        out.append(Example(_text(first, text, where), _text(second, pair, where) if pair else None,
+                           _label_id(y, task, where)))
     return out, skipped
 
 
@@ -178,7 +223,8 @@ def _from_files(spec: DataSpec, train_path: Path, eval_path: Path, task: Task | 
         _columns(spec, task, eval_rows or train_rows, eval_path)
     if task is None:
         task = classification_task(text, pair, label, label_names([r.get(label) for r in train_rows
-                                                                   if r.get(label) not in (None, "")]))
+                                                                   if r.get(label) not in (None, "")],
+                                                                  str(train_path)))
         if len(task.labels) < 2:
             raise DataError(f"{train_path}: column {label!r} holds fewer than two labels")
     train, skipped_train = _examples(train_rows, text, pair, label, task, train_path)
@@ -205,7 +251,7 @@ def _from_hub(task: Task) -> Dataset:
     try:
         import datasets
 
-        raw = datasets.load_dataset("nyu-mll/glue", task.name)
+        raw = datasets.load_dataset("nyu-mll/glue", task.hub_name)
         splits = (raw["train"], raw[task.hub_validation])
     except Exception as e:  # offline, no such dataset, damaged cache: all end in the same advice
         raise DataError(f"could not load GLUE {task.name} from the Hugging Face hub ({type(e).__name__}); "

@@ -20,8 +20,13 @@ class Task:
     hub_text_pair: str | None = None
     dev_file: str = "dev.tsv"
     hub_validation: str = "validation"
+    hub_config: str = ""  # the GLUE configuration on the hub (default: the task's name)
     header: bool = True  # CoLA's TSVs have no header: columns source, label, original label, sentence
     positions: tuple[int, ...] = ()  # headerless files: column index of text and label
+
+    @property
+    def hub_name(self) -> str:
+        return self.hub_config or self.name
 
     @property
     def is_regression(self) -> bool:
@@ -53,6 +58,9 @@ GLUE: dict[str, Task] = {
     "mnli": _pair("mnli", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
                   ("accuracy",), hub=("premise", "hypothesis"), dev_file="dev_matched.tsv",
                   hub_validation="validation_matched"),
+    "mnli-mm": _pair("mnli-mm", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
+                     ("accuracy",), hub=("premise", "hypothesis"), dev_file="dev_mismatched.tsv",
+                     hub_validation="validation_mismatched", hub_config="mnli"),
     "qnli": _pair("qnli", "question", "sentence", "label", ("entailment", "not_entailment"), ("accuracy",)),
     "rte": _pair("rte", "sentence1", "sentence2", "label", ("entailment", "not_entailment"), ("accuracy",)),
     "wnli": _pair("wnli", "sentence1", "sentence2", "label", ("not_entailment", "entailment"), ("accuracy",)),
