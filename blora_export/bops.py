@@ -70,15 +70,27 @@ def profile_macs(model: nn.Module, seq_len: int, quantizable: list[str], adapted
     return MacProfile(seq_len, linears, int(total_macs - sum(linears.values())), list(quantizable), list(adapted))
 
 
-def totals(profile: MacProfile, widths: Mapping[str, tuple]) -> dict:
+def adapter_branch(name: str, tokens, d_in: int, d_out: int, rank, a_bits) -> dict[str, tuple]:
+    """The two products of an adapter shipped unmerged, name -> (MACs, w_bits, a_bits): x_q A^T (fp32 weights on
+    the layer's quantized input) and its product with B (fp32 x fp32). Training (expected rank and widths) and
+    the export plan (deterministic ones) both count them here; the audit reads them from the graph."""
+    return {f"{name}.lora_A": (tokens * d_in * rank, FP32, a_bits),
+            f"{name}.lora_B": (tokens * d_out * rank, FP32, FP32)}
+
+
+def totals(profile: MacProfile, widths: Mapping[str, tuple], branches: Mapping[str, tuple] | None = None) -> dict:
     """Whole-model and adapted-projection BOPs for per-Linear (w_bits, a_bits); missing names are fp32.
 
+    `branches` adds the products of adapters that run unmerged, name -> (MACs, w_bits, a_bits): they cost
+    BOPs, but the fp32 reference stays the base model's (the budget is a fraction of that).
     Works with int widths (audit) and tensor widths (expected BOPs for training).
     """
     fp32 = FP32 * FP32
     whole = bops(profile.attention, FP32, FP32)
     for name, macs in profile.linears.items():
         w, a = widths.get(name, (FP32, FP32))
+        whole = whole + bops(macs, w, a)
+    for macs, w, a in (branches or {}).values():
         whole = whole + bops(macs, w, a)
     adapted = 0
     for name in profile.adapted:
@@ -93,3 +105,8 @@ def totals(profile: MacProfile, widths: Mapping[str, tuple]) -> dict:
                     "reduction": 1 - adapted / adapted_fp32 if adapted_fp32 else 0.0},
         "w8a8_reference_bops": w8a8,
     }
+
+
+def fraction(t: dict):
+    """Whole-model BOPs as a fraction of the fp32 model's: the unit of the prior's price and of the budget."""
+    return t["whole_model"]["bops"] / t["whole_model"]["bops_fp32"]

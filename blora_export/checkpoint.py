@@ -27,7 +27,7 @@ from .errors import UserError, first_line
 from .inject import Injection, inject
 from .roles import trained_keys, trained_state
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: learned BOP price and budget, deploy target, log-parameterised affine ranges
 META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "trained.safetensors"
 SUMMARY_FILE = "summary.json"
@@ -147,6 +147,9 @@ def read_meta(ckpt: str | Path) -> CheckpointMeta:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a JSON object; the checkpoint is damaged, train it again")
     version = raw.get("schema_version")
+    if version == 1:
+        raise CheckpointError(f"{path} was written by an earlier blora-export (checkpoint schema 1, before learned "
+                              "BOP budgets and affine activation ranges); train it again with this version")
     if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
         raise CheckpointError(f"{path} has schema version {version!r}; this blora-export reads version "
                               f"{SCHEMA_VERSION}: upgrade blora-export or re-train")

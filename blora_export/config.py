@@ -11,7 +11,14 @@ from .errors import UserError
 from .widths import WIDTHS
 
 METHODS = ("blora", "lora", "qat")
+DEPLOY_TARGETS = ("merged", "adapter")
+CALIBRATIONS = ("mse", "maxabs")
 ACT_WIDTHS = (4, 8, 16, 32)
+# The widths B-LoRA may choose by default: from W4A8, the least a 300-step run kept at fp32 LoRA's accuracy
+# (2-bit weights and 4-bit activations cost points there; BENCHMARKS.md). Budgets below what W4A8 reaches
+# need the narrower widths allowed explicitly.
+DEFAULT_WEIGHT_BITS = (4, 8, 16, 32)
+DEFAULT_ACT_BITS = (8, 16, 32)
 EMBEDDING_WIDTHS = (4, 8, 32)
 DEFAULT_SEQ_LEN = 128  # T of the MAC profile and BOP counts, unless the model has fewer positions
 
@@ -30,11 +37,16 @@ def _check_widths(name: str, widths: tuple[int, ...], universe: tuple[int, ...])
 
 @dataclass
 class QuantizerSpec:
-    """Which widths one quantizer may take and where it starts."""
+    """Which widths one quantizer may take, where it starts, and how its range and gates train."""
 
     allowed: tuple[int, ...] = WIDTHS
     init_bits: int = 32
     learn: bool = True  # False: the width stays at init_bits (QAT and LoRA baselines)
+    relative_range: bool = True  # range ends learned relative to their initial scale (log-parameterised)
+    calibration: str = "mse"  # activation range init: least quantization error ("mse") or "maxabs"
+    affine: bool = True  # activations: affine unsigned grid with a zero point (else symmetric signed / [0, hi])
+    sampled: bool = False  # hard-concrete samples in training instead of deterministic straight-through gates
+    hard_off: bool = True  # a gate at or below gates.HARD_OFF is exactly 0 and the levels above are skipped
 
     def validate(self, name: str, universe: tuple[int, ...] = WIDTHS) -> None:
         _check_widths(f"{name} allowed widths", self.allowed, universe)
@@ -50,22 +62,28 @@ class BLoRAConfig:
     max_rank: int = 8
     lora_alpha: float = 16.0
     targets: Any = "qkv"  # "qkv", "all-linear" or an explicit list of module names
-    weight_bits: tuple[int, ...] = WIDTHS
-    act_bits: tuple[int, ...] = ACT_WIDTHS
+    weight_bits: tuple[int, ...] = DEFAULT_WEIGHT_BITS
+    act_bits: tuple[int, ...] = DEFAULT_ACT_BITS
     init_weight_bits: int = 8
     init_act_bits: int = 8
     qat_w_bits: int = 8
     qat_a_bits: int = 8
     per_channel_weights: bool = True
     embedding_bits: int = 8
-    # mu and lambda_r are relative to a per-example mean task loss, whose gradients on gates are ~1e-5..1e-3
-    # (measured on all-MiniLM-L6-v2 / SST-2). At mu = 0.05 the penalty outweighs them ~1000x and a 150-step run
-    # collapses every layer to W2A4 and rank 1 (accuracy 0.66 vs 0.78); at 2e-3 the task defends the layers it
-    # needs (value and attention-output projections) while query/key/FFN weights go to 4 bits.
-    bops_weight: float = 2e-3  # mu
-    rank_weight: float = 1e-3  # lambda_r
-    gate_init: float = 3.0  # initial log_alpha of gates that start open
+    # The prior is a price on BOPs: price x E[BOPs] / BOPs of the fp32 model (attention included), i.e. loss per
+    # 100% of fp32 BOPs. With a budget (the default way to run B-LoRA) the price adapts until the model fits:
+    # bops_weight is then only its starting value; without one (bops_budget None) it is the fixed price.
+    bops_budget: float | None = 0.10  # fraction of fp32 whole-model BOPs the exported model may use
+    bops_weight: float = 0.0  # the price (mu), loss per 100% of fp32 whole-model BOPs
+    deploy: str = "merged"  # "merged": rank is capacity, not cost; "adapter": the unmerged branch is charged
+    gate_init: float = 1.0  # initial log_alpha of gates that start open: open, but a price can move them soon
     seq_len: int | None = None  # T at which MACs and BOPs are counted; None: DEFAULT_SEQ_LEN or the model's limit
+    # recipe switches (each on by default; off reproduces the first implementation's choice, for ablations)
+    gate_sampling: bool = False  # sample hard-concrete gates in training instead of straight-through test gates
+    hard_off: bool = True
+    affine_activations: bool = True
+    relative_ranges: bool = True
+    calibration: str = "mse"
 
     def validate(self) -> BLoRAConfig:
         if self.method not in METHODS:
@@ -74,9 +92,15 @@ class BLoRAConfig:
             raise ConfigError(f"max rank must be >= 1, got {self.max_rank}")
         if not self.lora_alpha > 0:
             raise ConfigError(f"lora alpha must be > 0, got {self.lora_alpha}")
-        if not (0 <= self.bops_weight < float("inf") and 0 <= self.rank_weight < float("inf")):
-            raise ConfigError(f"bops weight and rank weight must be finite and >= 0, got {self.bops_weight} and "
-                              f"{self.rank_weight}")
+        if not 0 <= self.bops_weight < float("inf"):
+            raise ConfigError(f"bops weight must be finite and >= 0, got {self.bops_weight}")
+        if self.bops_budget is not None and not 0 < self.bops_budget <= 1:
+            raise ConfigError(f"bops budget must be a fraction in (0, 1] of the fp32 model's BOPs, got "
+                              f"{self.bops_budget}")
+        if self.deploy not in DEPLOY_TARGETS:
+            raise ConfigError(f"deploy must be one of {list(DEPLOY_TARGETS)}, got {self.deploy!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ConfigError(f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}")
         if not abs(self.gate_init) < float("inf"):
             raise ConfigError(f"gate init must be a finite number, got {self.gate_init}")
         if self.seq_len is not None and self.seq_len < 1:
@@ -89,23 +113,29 @@ class BLoRAConfig:
         self.act_spec().validate("activation", ACT_WIDTHS)
         return self
 
+    def _spec(self, allowed: tuple[int, ...], init_bits: int, learn: bool) -> QuantizerSpec:
+        return QuantizerSpec(allowed=tuple(allowed), init_bits=init_bits, learn=learn,
+                             relative_range=self.relative_ranges, calibration=self.calibration,
+                             affine=self.affine_activations, sampled=self.gate_sampling, hard_off=self.hard_off)
+
     def weight_spec(self) -> QuantizerSpec:
         if self.method == "lora":
-            return QuantizerSpec(allowed=(32,), init_bits=32, learn=False)
+            return self._spec((32,), 32, False)
         if self.method == "qat":
-            return QuantizerSpec(allowed=(self.qat_w_bits,), init_bits=self.qat_w_bits, learn=False)
-        return QuantizerSpec(allowed=tuple(self.weight_bits), init_bits=self.init_weight_bits)
+            return self._spec((self.qat_w_bits,), self.qat_w_bits, False)
+        return self._spec(self.weight_bits, self.init_weight_bits, True)
 
     def act_spec(self) -> QuantizerSpec:
         if self.method == "lora":
-            return QuantizerSpec(allowed=(32,), init_bits=32, learn=False)
+            return self._spec((32,), 32, False)
         if self.method == "qat":
-            return QuantizerSpec(allowed=(self.qat_a_bits,), init_bits=self.qat_a_bits, learn=False)
-        return QuantizerSpec(allowed=tuple(self.act_bits), init_bits=self.init_act_bits)
+            return self._spec((self.qat_a_bits,), self.qat_a_bits, False)
+        return self._spec(self.act_bits, self.init_act_bits, True)
 
     @property
     def learn_rank(self) -> bool:
-        return self.method == "blora"
+        """Rank is learned (and charged) only for an adapter that ships unmerged; merged, it costs nothing."""
+        return self.method == "blora" and self.deploy == "adapter"
 
     @property
     def embedding_width(self) -> int:

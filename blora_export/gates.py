@@ -16,6 +16,10 @@ _OPEN_SHIFT = -TEMPERATURE * math.log(-GAMMA / ZETA)  # = 1.5986
 CLOSED_PROBABILITY = 0.34
 OPEN_THRESHOLD = math.log(1.0 - CLOSED_PROBABILITY) - math.log(CLOSED_PROBABILITY) - _OPEN_SHIFT
 INIT_OPEN = 6.0
+# Bayesian Bits' hard-off rule: a gate at or below this is exactly 0 in training and the levels above it are not
+# computed (a dead level). Between it and OPEN_THRESHOLD a gate is closed but alive: it still gets gradients.
+HARD_OFF = -2.0
+INIT_CLOSED = -1.5  # levels above the initial width: closed, alive (the task can still open them)
 
 
 _generator: torch.Generator | None = None
@@ -48,6 +52,49 @@ def sample(log_alpha: torch.Tensor) -> torch.Tensor:
     return torch.clamp(s * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
 
 
+def boundary(log_alpha: torch.Tensor) -> torch.Tensor:
+    """The gates of a nested chain that can change the deterministic width now: the last open gate of the open
+    prefix (closing it halves the width) and the first closed one (opening it doubles the width)."""
+    n = nested_open_count(log_alpha.detach())
+    at = torch.zeros(log_alpha.shape, dtype=torch.bool, device=log_alpha.device)
+    if n:
+        at[n - 1] = True
+    if n < len(log_alpha):
+        at[n] = True
+    return at
+
+
+def boundary_reach(log_alpha: torch.Tensor) -> tuple[int, ...]:
+    """The cumulative products M_i = z_1 ... z_i of a straight-through chain whose gradient reaches a boundary
+    gate (the others have a closed factor besides it, or depend on no boundary gate): M of the last open gate,
+    and M of the first closed one and of the open gates right after it."""
+    open_ = is_open(log_alpha.detach()).tolist()
+    n = nested_open_count(log_alpha.detach())
+    reach = [n - 1] if n else []
+    if n < len(open_):
+        reach.append(n)
+        i = n + 1
+        while i < len(open_) and open_[i]:
+            reach.append(i)
+            i += 1
+    return tuple(reach)
+
+
+def chain_probabilities(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z > 0) of a nested chain, differentiable only at its boundary gates: a chain moves one level at a time,
+    so a price cannot shut the levels below the top one before the top one has closed (no cascades)."""
+    p = prob_open(log_alpha)
+    return torch.where(boundary(log_alpha), p, p.detach())
+
+
+def straight_through(log_alpha: torch.Tensor) -> torch.Tensor:
+    """The test-time values (exactly 0 or 1) of a nested chain's gates in the forward pass; the gradient of
+    P(z > 0) at its boundary gates in the backward pass. Training then runs the exported model, and the chain
+    still learns what narrowing or widening it by one level is worth."""
+    p = chain_probabilities(log_alpha)
+    return deterministic(log_alpha) + (p - p.detach())
+
+
 def prob_open(log_alpha: torch.Tensor) -> torch.Tensor:
     """P(z > 0), differentiable in log_alpha."""
     return torch.sigmoid(log_alpha + _OPEN_SHIFT)
@@ -67,8 +114,3 @@ def nested_open_count(log_alpha: torch.Tensor) -> int:
     """Number of consecutive deterministically-open gates from the start of a nested chain."""
     open_ = is_open(log_alpha).to(torch.int64)
     return int(torch.cumprod(open_, dim=0).sum().item())
-
-
-def chain_regularizer(log_alpha: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Nested expected-L0 penalty: sum_k weights_k * prod_{j<=k} P(z_j > 0)."""
-    return (weights * torch.cumprod(prob_open(log_alpha), dim=0)).sum()

@@ -39,7 +39,11 @@ def kept_components(lora_a: torch.Tensor, lora_b: torch.Tensor, lora_e: torch.Te
 class GatedLoRALinear(nn.Module):
     """A frozen nn.Linear with an optional rank-gated adapter and Bayesian Bits weight/input quantizers.
 
-    Without an adapter (``max_rank == 0``) it is a quantized Linear: the same quantizers, no LoRA factors.
+    Deployed merged (the default) the adapter is folded into W0 and the merged weight is quantized at every step,
+    so merging at export is exact; its rank costs no inference MACs and is not learned (all ranks kept).
+    Deployed as an adapter (shipped unmerged on a shared base) W0 is quantized alone and the adapter runs as an
+    fp32 branch on the same quantized input, y = x_q Q(W0)^T + (alpha/r) ((x_q A^T) diag(g e)) B^T, whose rank
+    gates are learned and charged their BOPs. Without an adapter (``max_rank == 0``) it is a quantized Linear.
     """
 
     TRAINED = {roles.ADAPTER: ("lora_A", "lora_E", "lora_B"), roles.GATE: ("rank_log_alpha",)}
@@ -53,6 +57,8 @@ class GatedLoRALinear(nn.Module):
         d_out, d_in = base.weight.shape
         self.max_rank = cfg.max_rank if adapted else 0
         self.learn_rank = cfg.learn_rank
+        self.unmerged = cfg.deploy == "adapter"
+        self.sampled_rank = cfg.gate_sampling
         if self.max_rank:
             r = self.max_rank
             self.scaling = cfg.lora_alpha / r
@@ -69,19 +75,23 @@ class GatedLoRALinear(nn.Module):
 
     # ---- rank -----------------------------------------------------------------------------
     def rank_mask(self) -> torch.Tensor:
-        """Nested rank mask: a prefix of ones (deterministic) or the cumulative product of samples (training)."""
+        """Nested rank mask: the test-time prefix of ones, with straight-through gradients (or samples) while the
+        rank is learned."""
         la = self.rank_log_alpha
-        z = gates.sample(la) if (self.training and self.learn_rank) else gates.deterministic(la)
+        if self.training and self.learn_rank:
+            z = gates.sample(la) if self.sampled_rank else gates.straight_through(la)
+        else:
+            z = gates.deterministic(la)
         return torch.cat([la.new_ones(1), torch.cumprod(z, 0)])
 
     def deterministic_rank(self) -> int:
         return 1 + gates.nested_open_count(self.rank_log_alpha.detach()) if self.max_rank else 0
 
-    def rank_regularizer(self, lambda_r: float) -> torch.Tensor:
-        """lambda_r * sum_n prod_{j<=n} P(g_j > 0): the nested prior's penalty."""
+    def expected_rank(self) -> torch.Tensor:
+        """E[rank] = 1 + sum_n prod_{j<=n} P(g_j > 0): differentiable while the rank is learned."""
         if not (self.max_rank and self.learn_rank):
-            return self.base.weight.new_zeros(())
-        return lambda_r * torch.cumprod(gates.prob_open(self.rank_log_alpha), 0).sum()
+            return torch.tensor(float(self.deterministic_rank()))
+        return 1 + torch.cumprod(gates.chain_probabilities(self.rank_log_alpha), 0).sum()
 
     # ---- weights --------------------------------------------------------------------------
     def merged_weight(self) -> torch.Tensor:
@@ -92,14 +102,19 @@ class GatedLoRALinear(nn.Module):
         return w
 
     def effective_weight(self) -> torch.Tensor:
-        return self.weight_quantizer(self.merged_weight())
+        """The quantized weight of the main product: the merged weight, or W0 alone for an unmerged adapter."""
+        return self.weight_quantizer(self.base.weight if self.unmerged else self.merged_weight())
 
     def widths(self) -> tuple[int, int]:
         """(weight bits, input activation bits) under the deterministic gates."""
         return self.weight_quantizer.effective_bits(), self.input_quantizer.effective_bits()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_quantizer(x), self.effective_weight(), self.base.bias)
+        x = self.input_quantizer(x)
+        y = F.linear(x, self.effective_weight(), self.base.bias)
+        if self.unmerged and self.max_rank:
+            y = y + F.linear(F.linear(x, self.lora_A) * (self.rank_mask() * self.lora_E), self.lora_B) * self.scaling
+        return y
 
 
 class QuantizedEmbedding(nn.Module):
@@ -110,7 +125,7 @@ class QuantizedEmbedding(nn.Module):
         self.base = base
         base.weight.requires_grad_(False)
         self.bits = bits
-        spec = QuantizerSpec(allowed=(bits,), init_bits=bits, learn=False)
+        spec = QuantizerSpec(allowed=(bits,), init_bits=bits, learn=False, relative_range=False)
         self.weight_quantizer = BayesianBitsQuantizer(spec, (base.num_embeddings, 1), learn_range=False)
         self.weight_quantizer.init_range_from(base.weight)
         self._cache: tuple[tuple, torch.Tensor] | None = None
@@ -119,7 +134,7 @@ class QuantizedEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:
         # The table is frozen and its width fixed: re-quantize only when a tensor was loaded, changed or moved
         # (a word table is ~12M values, 0.17 s per step on 2 cores otherwise).
-        w, beta = self.base.weight, self.weight_quantizer.beta
+        w, beta = self.base.weight, self.weight_quantizer.log_hi
         key = (w._version, w.data_ptr(), beta._version, beta.data_ptr())
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():

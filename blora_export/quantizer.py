@@ -1,9 +1,22 @@
 """Bayesian Bits quantizer for one tensor: learned range, nested residual gates over 2/4/8/16/32 bits.
 
-The residual at level b is the difference of consecutive grids, x_hat_b - x_hat_{b/2}, with
-x_hat_b = fake_quantize(clip(x), s_b, b). This is Bayesian Bits' decomposition with the grids
-clamped to the code range, so the nested sum at an effective width b equals the plain quantize
-function at b exactly (up to float summation), including values clipped to the range ends.
+The residual at level b is the difference of consecutive grids, x_hat_b - x_hat_{b/2}, each grid clamped to its
+code range, so the nested sum at an effective width b equals the plain quantize function at b exactly.
+
+Ranges. Weights use a symmetric signed range [-beta, beta] (per output channel by default); activations an
+affine unsigned one [lo, hi] with lo <= 0 <= hi and a zero point, as onnxruntime quantizes activations, so a
+one-sided input (a GELU output, min -0.17) does not waste half the grid. Both ends are learned relative to a
+reference scale set at initialisation: hi = reference * exp(log_hi) (lo likewise), so a range learning rate is
+a relative change per step whatever the tensor's scale (`QuantizerSpec.relative_range`; off: the ends are
+learned in absolute units). Activation ranges start from a calibration that minimises the quantization error
+at the initial width over several batches (`calibration="mse"`; or max-abs).
+
+Gates. In training the forward pass uses the deterministic test-time gates, so training sees the exported model,
+and the gradient reaches log_alpha through P(z > 0) (straight-through); `sampled=True` draws hard-concrete samples
+instead. Only the boundary gates of the nested chain learn at a time (the top open level and the first closed one,
+gates.chain_probabilities), so a width moves one level at a time. A level whose gate is at or below
+`gates.HARD_OFF` is exactly 0 and the levels above it are not computed (Bayesian Bits' hard-off rule); closed
+gates above that line still get gradients and can reopen.
 """
 
 from __future__ import annotations
@@ -13,12 +26,16 @@ from torch import nn
 
 from . import gates, roles
 from .config import QuantizerSpec
-from .residual_quant import bounds, residual_fake_quantize
-from .ste import FLOAT_BITS, WIDTHS, step_size
+from .residual_quant import grid, residual_fake_quantize
+from .ste import FLOAT_BITS, WIDTHS, fake_quantize
+
+CALIBRATION_SAMPLES = 1 << 14  # values kept per batch, and in all, for the range search
+_CLIP_RATIOS = torch.linspace(1.0, 0.2, 17)  # candidate range ends, as fractions of the observed extremes
 
 
 class BayesianBitsQuantizer(nn.Module):
-    TRAINED = {roles.GATE: ("log_alpha",), roles.RANGE: ("beta",), roles.RECORD: ("signed", "initialized")}
+    TRAINED = {roles.GATE: ("log_alpha",), roles.RANGE: ("log_hi", "log_lo"),
+               roles.RECORD: ("reference", "signed", "negative", "initialized")}
 
     def __init__(self, spec: QuantizerSpec, range_shape: tuple[int, ...] = (), gate_init: float = gates.INIT_OPEN,
                  learn_range: bool = True):
@@ -26,41 +43,99 @@ class BayesianBitsQuantizer(nn.Module):
         allowed = sorted(spec.allowed)
         self.min_bits, self.max_bits = allowed[0], allowed[-1]
         self.learn = spec.learn
-        # One gate per level above the minimum width; levels above the maximum do not exist.
+        self.relative = spec.relative_range
+        self.calibration = spec.calibration
+        self.affine = spec.affine
+        self.sampled = spec.sampled
+        self.hard_off = spec.hard_off
+        # One gate per level above the minimum width; levels above the maximum do not exist. Levels above the
+        # initial width start closed but alive (above the hard-off line), so the task can still open them.
         self.levels = [b for b in WIDTHS if self.min_bits < b <= self.max_bits]
-        init = [gate_init if b <= spec.init_bits else -gate_init for b in self.levels]
+        init = [gate_init if b <= spec.init_bits else gates.INIT_CLOSED for b in self.levels]
         self.log_alpha = nn.Parameter(torch.tensor(init, dtype=torch.float32), requires_grad=spec.learn)
-        self.beta = nn.Parameter(torch.ones(range_shape), requires_grad=learn_range)
-        self.register_buffer("signed", torch.tensor(True))
+        # hi = reference * exp(log_hi) (relative) or log_hi itself (absolute); lo likewise with a minus sign
+        self.log_hi = nn.Parameter(torch.zeros(range_shape), requires_grad=learn_range)
+        self.log_lo = nn.Parameter(torch.zeros(range_shape), requires_grad=learn_range)  # used when negative
+        self.register_buffer("reference", torch.ones(range_shape))
+        self.register_buffer("signed", torch.tensor(False))  # symmetric signed grid (weights, embeddings)
+        self.register_buffer("negative", torch.tensor(False))  # affine grid: lo < 0 (else lo = 0)
         self.register_buffer("initialized", torch.tensor(False))
-        self._calib_min: torch.Tensor | None = None
-        self._calib_absmax: torch.Tensor | None = None
+        self._samples: list[torch.Tensor] = []
+        self._extremes: tuple[torch.Tensor, torch.Tensor] | None = None
         self.calibrating = False
 
-    # ---- range initialisation -------------------------------------------------------------
-    @torch.no_grad()
-    def init_range_from(self, x: torch.Tensor) -> None:
-        """Weights: beta = max |x| (per output channel when beta has one row per channel)."""
-        absmax = x.abs().amax(dim=tuple(range(1, x.dim())), keepdim=True) if self.beta.dim() else x.abs().max()
-        self.beta.copy_(absmax.reshape(self.beta.shape).clamp_min(1e-8))
-        self.signed.fill_(bool((x < 0).any()) or self.beta.dim() > 0)
-        self.initialized.fill_(True)
+    # ---- the range ------------------------------------------------------------------------
+    def _end(self, param: torch.Tensor) -> torch.Tensor:
+        return self.reference * torch.exp(param) if self.relative else param.abs() + 1e-12
 
     @torch.no_grad()
+    def set_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Put the learned ends at [low, high] (low <= 0 < high); the reference scale becomes the range."""
+        high = high.clamp_min(1e-8)
+        if self.relative:
+            self.reference.copy_(high.reshape(self.reference.shape))
+            self.log_hi.zero_()
+            self.log_lo.copy_(torch.log((-low).clamp_min(1e-12) / high).reshape(self.log_lo.shape))
+        else:
+            self.log_hi.copy_(high.reshape(self.log_hi.shape))
+            self.log_lo.copy_((-low).clamp_min(1e-12).reshape(self.log_lo.shape))
+        self.negative.fill_(bool((low < 0).any()) and not bool(self.signed))
+        self.initialized.fill_(True)
+
+    def range_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low, high): [-beta, beta] when signed; [lo, hi] with lo < 0 (negative) or lo = 0 otherwise."""
+        high = self._end(self.log_hi)
+        if bool(self.signed):
+            return -high, high
+        low = -self._end(self.log_lo) if bool(self.negative) else torch.zeros_like(high)
+        return low, high
+
+    def grid(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(step, zero point) at width b: what export writes as the Q/DQ scale and zero point."""
+        low, high = self.range_bounds()
+        scale, zero = grid(low, high, bits, bool(self.signed))
+        return scale.detach(), zero.detach()
+
+    def scale(self, bits: int) -> torch.Tensor:
+        return self.grid(bits)[0]
+
+    @torch.no_grad()
+    def init_range_from(self, x: torch.Tensor) -> None:
+        """Weights: a symmetric range beta = max |x| (per output channel when the range has one row per channel)."""
+        self.signed.fill_(True)
+        dims = tuple(range(1, x.dim()))
+        absmax = x.abs().amax(dim=dims, keepdim=True) if self.log_hi.dim() else x.abs().max()
+        absmax = absmax.reshape(self.log_hi.shape)
+        self.set_range(-absmax, absmax)
+
+    # ---- calibration (activations) --------------------------------------------------------
+    @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        """Calibration: accumulate the range of activations over several batches."""
-        lo, hi = x.detach().min().float(), x.detach().abs().max().float()
-        self._calib_min = lo if self._calib_min is None else torch.minimum(self._calib_min, lo)
-        self._calib_absmax = hi if self._calib_absmax is None else torch.maximum(self._calib_absmax, hi)
+        """Calibration: keep the extremes and a random sample of the values of one more batch."""
+        flat = x.detach().float().reshape(-1)
+        lo, hi = flat.min(), flat.max()
+        self._extremes = (lo, hi) if self._extremes is None else (torch.minimum(self._extremes[0], lo),
+                                                                   torch.maximum(self._extremes[1], hi))
+        if self.calibration == "mse":
+            pick = torch.randint(0, flat.numel(), (min(flat.numel(), CALIBRATION_SAMPLES),), device=flat.device)
+            self._samples.append(flat[pick])
 
     @torch.no_grad()
     def finish_calibration(self) -> None:
-        if self._calib_absmax is None:
+        if self._extremes is None:
             return  # never called during calibration (e.g. an unused layer): keep the default range
-        self.beta.fill_(float(self._calib_absmax.clamp_min(1e-8)))
-        self.signed.fill_(bool(self._calib_min < 0))
-        self.initialized.fill_(True)
-        self._calib_min = self._calib_absmax = None
+        lo = torch.minimum(self._extremes[0], torch.zeros(()))
+        hi = self._extremes[1].clamp_min(1e-8)
+        if not self.affine and bool(lo < 0):  # a symmetric signed grid over the larger magnitude
+            self.signed.fill_(True)
+            hi = torch.maximum(hi, -lo)
+            lo = -hi
+        if self.calibration == "mse" and self._samples and not bool(self.signed):
+            values = torch.cat(self._samples)
+            values = values[torch.randperm(values.numel())[:CALIBRATION_SAMPLES]]
+            lo, hi = _mse_range(values, lo, hi, self.effective_bits())
+        self.set_range(lo, hi)
+        self._samples, self._extremes = [], None
 
     # ---- widths ---------------------------------------------------------------------------
     @property
@@ -81,28 +156,25 @@ class BayesianBitsQuantizer(nn.Module):
     def expected_bits(self) -> torch.Tensor:
         """E[width] under the gates' P(z > 0): differentiable (constant when widths are fixed)."""
         if not self.learn or not self.levels:
-            return torch.tensor(float(self.effective_bits()), device=self.beta.device)
+            return torch.tensor(float(self.effective_bits()), device=self.log_hi.device)
         increments = torch.tensor([b / 2 for b in self.levels], device=self.log_alpha.device)
-        return self.min_bits + (increments * torch.cumprod(gates.prob_open(self.log_alpha), 0)).sum()
-
-    def regularizer(self, macs_fraction: float, mu: float) -> torch.Tensor:
-        """BOP-weighted chain penalty: lambda_k = mu * b_k * MACs / max MACs."""
-        if not self.learn or not self.levels:
-            return self.log_alpha.new_zeros(())
-        weights = torch.tensor([mu * b * macs_fraction for b in self.levels], device=self.log_alpha.device)
-        return gates.chain_regularizer(self.log_alpha, weights)
+        return self.min_bits + (increments * torch.cumprod(gates.chain_probabilities(self.log_alpha), 0)).sum()
 
     # ---- forward --------------------------------------------------------------------------
-    def positive_beta(self) -> torch.Tensor:
-        return self.beta.abs() + 1e-12
-
-    def range_bounds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(low, high, R): [-beta, beta] with R = 2 beta when signed, [0, beta] with R = beta otherwise."""
-        return bounds(self.positive_beta(), bool(self.signed))
-
-    def scale(self, bits: int) -> torch.Tensor:
-        """Step size s_b of the learned range at width b (what export writes as the Q/DQ scale)."""
-        return step_size(self.range_bounds()[2], bits).detach()
+    def _training_mask(self) -> tuple[tuple[int, ...], torch.Tensor, tuple[int, ...] | None]:
+        """(widths, cumulative gate products, the products whose gradient a gate needs: None for all)."""
+        la = self.log_alpha
+        n = len(self.levels)
+        if self.hard_off:
+            dead = (la.detach() <= gates.HARD_OFF).nonzero()
+            n = int(dead[0, 0]) if len(dead) else n
+        z = gates.sample(la[:n]) if self.sampled else gates.straight_through(la[:n])
+        mask = torch.cumprod(z, 0)
+        if self.sampled:  # an exactly-closed sample zeroes every higher residual and carries no gradient
+            closed = (mask == 0).nonzero()
+            n = int(closed[0, 0]) if len(closed) else n
+            mask = mask[:n]
+        return (self.min_bits, *self.levels[:n]), mask, None if self.sampled else gates.boundary_reach(la[:n])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
@@ -111,13 +183,31 @@ class BayesianBitsQuantizer(nn.Module):
         if self.is_identity:
             return x
         if not (self.training and self.learn):
-            bits, mask = (self.effective_bits(),), self.log_alpha.new_zeros(0)
+            bits, mask, mask_grad = (self.effective_bits(),), self.log_alpha.new_zeros(0), ()
         else:
-            mask = torch.cumprod(gates.sample(self.log_alpha), 0)
-            # An exactly-closed gate zeroes every higher residual and carries no gradient: stop there.
-            closed = (mask == 0).nonzero()
-            n = int(closed[0, 0]) if len(closed) else len(self.levels)
-            bits, mask = (self.min_bits, *self.levels[:n]), mask[:n]
+            bits, mask, mask_grad = self._training_mask()
         if bits == (FLOAT_BITS,):
             return x
-        return residual_fake_quantize(x, self.positive_beta(), mask, bits, bool(self.signed))
+        low, high = self.range_bounds()
+        return residual_fake_quantize(x, low, high, mask, bits, bool(self.signed), mask_grad)
+
+
+def _mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+    """The range [lo * a, hi * b] (a, b from _CLIP_RATIOS) with the least squared quantization error of `values`
+    on the affine grid of width `bits`: the upper end first, then the lower end, then the upper end again
+    (coordinate descent: the two ends barely interact)."""
+    if bits >= FLOAT_BITS:
+        return lo, hi
+
+    def error(low: torch.Tensor, high: torch.Tensor) -> float:
+        scale, zero = grid(low, high, bits, False)
+        return float(((fake_quantize(values, scale, bits, False, zero) - values) ** 2).sum())
+
+    low, high = lo, hi
+    for end in ("high", "low", "high"):
+        if end == "low" and not bool(lo < 0):
+            continue
+        candidates = [(lo * r, high) for r in _CLIP_RATIOS] if end == "low" else [(low, hi * r) for r in _CLIP_RATIOS]
+        low, high = min(candidates, key=lambda c: error(*c))
+    return low, high

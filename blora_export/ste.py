@@ -7,7 +7,7 @@ import torch
 from .widths import FLOAT_BITS, WIDTHS
 
 __all__ = ["FLOAT_BITS", "WIDTHS", "clamp_range", "code_range", "fake_quantize", "quantize_codes", "round_ste",
-           "step_size"]
+           "step_size", "zero_point"]
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ def clamp_range(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch
 
 
 def code_range(bits: int, signed: bool) -> tuple[int, int]:
-    """Integer code range: restricted symmetric when signed, [0, 2^b - 1] when unsigned."""
+    """Integer code range: restricted symmetric when signed, [0, 2^b - 1] when unsigned (affine)."""
     if signed:
         top = 2 ** (bits - 1) - 1
         return -top, top
@@ -29,18 +29,28 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
 
 
 def step_size(range_width: torch.Tensor, bits: int) -> torch.Tensor:
-    """s_b = R / (2^b - 1), where R = 2*beta (signed) or beta (unsigned)."""
+    """s_b = (hi - lo) / (2^b - 1): R = 2*beta for a symmetric signed range, hi - lo for an affine one."""
     return range_width / (2**bits - 1)
 
 
-def quantize_codes(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """q = clamp(round_half_even(x / s), qmin, qmax); straight-through in the backward pass."""
+def zero_point(low: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """The integer code of 0 on an affine grid over [low, high] (low <= 0): round(-low / s), within the codes."""
+    return torch.clamp(torch.round(-low / scale), 0, 2**bits - 1)
+
+
+def quantize_codes(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool,
+                   zero: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """q = clamp(round_half_even(x / s) + z, qmin, qmax); straight-through in the backward pass.
+
+    Signed grids are symmetric (z = 0, restricted codes); unsigned grids are affine with zero point z: this is
+    onnxruntime's QuantizeLinear, saturation included."""
     qmin, qmax = code_range(bits, signed)
-    return torch.clamp(round_ste(x / scale), qmin, qmax)
+    return torch.clamp(round_ste(x / scale) + zero, qmin, qmax)
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
-    """x_hat = q * s; bits == 32 returns x unchanged."""
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, signed: bool,
+                  zero: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """x_hat = (q - z) * s; bits == 32 returns x unchanged."""
     if bits >= FLOAT_BITS:
         return x
-    return quantize_codes(x, scale, bits, signed) * scale
+    return (quantize_codes(x, scale, bits, signed, zero) - zero) * scale

@@ -1,9 +1,10 @@
 import pytest
+import torch
 
-from blora_export import gated_model
+from blora_export import gated_model, gates, roles
 from blora_export.base_model import load_base_model
 from blora_export.bops import profile_macs, totals
-from blora_export.config import BLoRAConfig
+from blora_export.config import ACT_WIDTHS, WIDTHS, BLoRAConfig
 from blora_export.inject import inject, wrapped_linears
 from blora_export.targets import encoder_linears, resolve_targets
 
@@ -25,7 +26,7 @@ def test_macs_of_tiny_bert_by_hand(tiny_bert_dir):
 def test_bops_of_tiny_bert_by_hand(tiny_bert_dir):
     model = load_base_model(str(tiny_bert_dir), 2)
     p = profile_macs(model, T, encoder_linears(model), resolve_targets(model, "qkv"))
-    inject(model, BLoRAConfig(seq_len=T))
+    inject(model, BLoRAConfig(seq_len=T, weight_bits=WIDTHS, act_bits=ACT_WIDTHS))
     layers = wrapped_linears(model)
     chosen = {"bert.encoder.layer.0.attention.self.query": (2, 8), "bert.encoder.layer.0.output.dense": (16, 4)}
     for name, m in layers.items():
@@ -49,7 +50,10 @@ def test_bops_of_tiny_bert_by_hand(tiny_bert_dir):
 def test_expected_bops_is_differentiable_and_matches_hard_when_gates_saturate(tiny_bert_dir):
     model = load_base_model(str(tiny_bert_dir), 2)
     p = profile_macs(model, T, encoder_linears(model), resolve_targets(model, "qkv"))
-    inject(model, BLoRAConfig(seq_len=T, gate_init=30.0))
+    inject(model, BLoRAConfig(seq_len=T))
+    with torch.no_grad():  # saturate every gate where it stands (what phase 2 does)
+        for la in roles.gates(model):
+            la.copy_(torch.where(gates.is_open(la), 30.0, -30.0))
     expected = gated_model.expected_bops(model, p)["whole_model"]["bops"]
     hard = gated_model.deterministic_bops(model, p)["whole_model"]["bops"]
     assert expected.item() == pytest.approx(hard, rel=1e-5)

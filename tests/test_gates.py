@@ -45,9 +45,25 @@ def test_nested_count_stops_at_first_closed_gate():
     assert gates.nested_open_count(torch.tensor([])) == 0
 
 
-def test_chain_regularizer_is_weighted_cumulative_product():
-    la = torch.tensor([0.0, 1.0, -1.0])
-    w = torch.tensor([1.0, 2.0, 4.0])
-    p = gates.prob_open(la)
-    expected = 1 * p[0] + 2 * p[0] * p[1] + 4 * p[0] * p[1] * p[2]
-    assert torch.allclose(gates.chain_regularizer(la, w), expected)
+def test_straight_through_gate_is_the_test_time_value_with_the_gradient_of_p_open():
+    la = torch.tensor([3.0, -1.2, -1.5], requires_grad=True)
+    z = gates.straight_through(la)
+    assert z.tolist() == [1.0, 0.0, 0.0]  # the deterministic rule: open iff log_alpha > -0.935
+    z.sum().backward()
+    p = gates.prob_open(la.detach())
+    boundary = torch.tensor([1.0, 1.0, 0.0])  # the top open gate and the first closed one
+    assert torch.allclose(la.grad, boundary * p * (1 - p))  # d P(z > 0) / d log_alpha
+
+
+def test_only_the_boundary_of_a_chain_learns():
+    la = torch.tensor([4.0, 2.0, -1.2, -1.5], requires_grad=True)
+    assert gates.boundary(la).tolist() == [False, True, True, False]
+    gates.chain_probabilities(la).sum().backward()
+    assert la.grad.tolist()[0] == 0 and la.grad.tolist()[3] == 0 and la.grad[1] > 0 and la.grad[2] > 0
+    assert gates.boundary(torch.tensor([3.0, 3.0])).tolist() == [False, True]  # all open: the top one
+    assert gates.boundary(torch.tensor([-3.0, 3.0])).tolist() == [True, False]  # all closed: the first one
+
+
+def test_hard_off_line_lies_below_the_test_time_threshold():
+    # between them a gate is closed but alive (it still learns); at or below HARD_OFF it is dead
+    assert gates.HARD_OFF < gates.INIT_CLOSED < gates.OPEN_THRESHOLD

@@ -20,7 +20,7 @@ def test_only_adapters_gates_ranges_and_head_train(tiny_model_dir, method):
     names = trainable(model)
     for n in names:
         is_adapter = any(k in n for k in ("lora_A", "lora_B", "lora_E", "rank_log_alpha"))
-        is_gate_or_range = n.endswith("_quantizer.log_alpha") or n.endswith("_quantizer.beta")
+        is_gate_or_range = n.endswith(("_quantizer.log_alpha", "_quantizer.log_hi", "_quantizer.log_lo"))
         is_head = any(n.startswith(h + ".") for h in inj.head)
         assert is_adapter or is_gate_or_range or is_head, n
         assert "embeddings" not in n or is_head

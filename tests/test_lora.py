@@ -48,8 +48,9 @@ def test_lora_method_is_plain_fp32_lora():
     assert not layer.rank_log_alpha.requires_grad and not layer.weight_quantizer.log_alpha.requires_grad
 
 
-def test_rank_mask_is_a_prefix():
-    layer = make_layer(BLoRAConfig(max_rank=8))
+@pytest.mark.parametrize("sampled", [False, True])
+def test_rank_mask_is_a_prefix(sampled):
+    layer = make_layer(BLoRAConfig(max_rank=8, deploy="adapter", gate_sampling=sampled))
     with torch.no_grad():
         layer.rank_log_alpha.copy_(torch.tensor([3.0, 2.0, -3.0, 4.0, 4.0, -1.0, 2.0]))
     layer.eval()
@@ -59,41 +60,66 @@ def test_rank_mask_is_a_prefix():
     for _ in range(50):
         m = layer.rank_mask()
         assert m[0] == 1 and (m[1:] <= m[:-1]).all() and (m >= 0).all()
+        if not sampled:  # straight-through: training runs the test-time mask
+            assert m.tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_merged_deploy_keeps_every_rank_and_learns_none():
+    layer = make_layer(BLoRAConfig(max_rank=4))
+    assert not layer.learn_rank and not layer.rank_log_alpha.requires_grad
+    assert layer.deterministic_rank() == 4 and float(layer.expected_rank()) == 4.0
 
 
 def test_quantized_forward_uses_learned_widths_and_gradients_flow():
-    layer = make_layer(BLoRAConfig(max_rank=4, init_weight_bits=4, init_act_bits=8))
-    layer.input_quantizer.init_range_from(torch.randn(100) * 3)
+    layer = make_layer(BLoRAConfig(max_rank=4, init_weight_bits=4, init_act_bits=8, deploy="adapter"))
+    layer.input_quantizer.calibrating = True
+    layer.input_quantizer(torch.randn(100) * 3)
+    layer.input_quantizer.calibrating = False
+    layer.input_quantizer.finish_calibration()
     layer.eval()
     assert layer.widths() == (4, 8)
     w = layer.effective_weight()
     # 4-bit per-channel grid: each row holds at most 15 distinct values
     assert max(len(torch.unique(row)) for row in w) <= 15
     layer.train()
-    with torch.no_grad():
+    with torch.no_grad():  # 4-bit weights with the 8-bit level closed but alive: it still learns
         layer.rank_log_alpha.fill_(1.0)
-        layer.weight_quantizer.log_alpha.fill_(1.0)
-    for _ in range(10):
+        layer.weight_quantizer.log_alpha.copy_(torch.tensor([-1.5, -1.5, -1.5]))  # levels 8, 16, 32
+    for _ in range(3):
         layer(torch.randn(4, 12)).pow(2).sum().backward()
-    for p in (layer.lora_A, layer.lora_B, layer.lora_E, layer.rank_log_alpha, layer.weight_quantizer.beta,
-              layer.weight_quantizer.log_alpha, layer.input_quantizer.beta):
+    for p in (layer.lora_A, layer.lora_B, layer.lora_E, layer.rank_log_alpha, layer.weight_quantizer.log_hi,
+              layer.weight_quantizer.log_alpha, layer.input_quantizer.log_hi, layer.input_quantizer.log_lo):
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert layer.base.weight.grad is None
 
 
-def test_rank_regularizer_nested_form():
-    layer = make_layer(BLoRAConfig(max_rank=3))
+@pytest.mark.parametrize("deploy", ["merged", "adapter"])
+def test_deploy_target_decides_what_is_quantized(deploy):
+    """Merged: the quantized merged weight; adapter: W0 quantized alone plus the fp32 branch on the same input."""
+    layer = make_layer(BLoRAConfig(max_rank=4, init_weight_bits=4, deploy=deploy))
+    layer.eval()
+    x = torch.randn(3, 12)
+    xq = layer.input_quantizer(x)
+    if deploy == "merged":
+        expected = xq @ layer.weight_quantizer(layer.merged_weight()).T + layer.base.bias
+    else:
+        branch = (xq @ layer.lora_A.T * layer.lora_E) @ layer.lora_B.T * layer.scaling
+        expected = xq @ layer.weight_quantizer(layer.base.weight).T + layer.base.bias + branch
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_expected_rank_is_the_nested_sum():
+    layer = make_layer(BLoRAConfig(max_rank=3, deploy="adapter"))
     with torch.no_grad():
         layer.rank_log_alpha.copy_(torch.tensor([0.5, -0.5]))
     p = gates.prob_open(layer.rank_log_alpha)
-    assert torch.allclose(layer.rank_regularizer(0.2), 0.2 * (p[0] + p[0] * p[1]))
+    assert torch.allclose(layer.expected_rank(), 1 + p[0] + p[0] * p[1])
 
 
 def test_unadapted_layer_has_only_quantizers():
     layer = make_layer(BLoRAConfig(), adapted=False)
     assert layer.max_rank == 0 and layer.deterministic_rank() == 0
     assert not hasattr(layer, "lora_A")
-    assert layer.rank_regularizer(1.0).item() == 0.0
 
 
 def test_quantized_embedding_per_row_fixed_width():
@@ -112,7 +138,7 @@ def test_quantized_embedding_cache_follows_loaded_tensors():
     first = emb.weight
     assert emb.weight is first  # cached while nothing changes
     state = {k: v.clone() for k, v in emb.state_dict().items()}
-    state["weight_quantizer.beta"] = state["weight_quantizer.beta"] * 2
+    state["weight_quantizer.log_hi"] = state["weight_quantizer.log_hi"] * 2
     emb.load_state_dict(state)
     assert not torch.equal(emb.weight, first)
     assert torch.equal(emb.weight, emb.weight_quantizer(emb.base.weight))

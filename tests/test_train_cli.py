@@ -64,7 +64,8 @@ def test_config_file_classification_pairs_and_existing_output(tmp_path, tiny_ber
     config = {"task": "classification", "train-file": str(tmp_path / "train.csv"),
               "validation_file": str(tmp_path / "dev.csv"), "text_column": "first", "text-pair-column": "second",
               "label-column": "verdict", "max_steps": 50, "batch_size": 8, "max_seq_length": 24,
-              "bops_seq_len": 24, "weight_bits": [4, 8, 16], "method": "blora", "calibration_batches": 1}
+              "bops_seq_len": 24, "weight_bits": [4, 8, 16], "method": "blora", "calibration_batches": 1,
+              "bops_budget": 0.3}
     (tmp_path / "run.json").write_text(json.dumps(config))
     out = tmp_path / "ckpt"
     # The explicit --max-steps beats the file's 50.
@@ -73,7 +74,7 @@ def test_config_file_classification_pairs_and_existing_output(tmp_path, tiny_ber
     _, meta = load_checkpoint(out)
     assert meta.labels == ["no", "yes"] and meta.task == "classification"
     assert meta.options["optim"]["max_steps"] == 2 and meta.options["optim"]["batch_size"] == 8
-    assert meta.config.weight_bits == (4, 8, 16) and meta.max_seq_length == 24
+    assert meta.config.weight_bits == (4, 8, 16) and meta.max_seq_length == 24 and meta.config.bops_budget == 0.3
     assert json.loads((out / "validation.jsonl").read_text().splitlines()[0])["text_pair"] == "the film"
 
     again = train_cli("--config", tmp_path / "run.json", "--model", tiny_bert_dir, "--output-dir", out)
@@ -106,7 +107,8 @@ def test_help_is_fast_and_complete():
             "sys.exit(2 if 'torch' in sys.modules else r.exit_code)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    for flag in ("--model", "--task", "--method", "--max-rank", "--bops-weight", "--rank-weight", "--gate-lr",
-                 "--range-lr", "--fixed-gate-steps", "--regularizer-warmup-steps", "--resume", "--config",
-                 "--device", "--embedding-bits", "--lora-targets", "--w-bits", "--a-bits"):
+    for flag in ("--model", "--task", "--method", "--max-rank", "--bops-budget", "--bops-weight", "--deploy",
+                 "--gate-lr", "--gate-optimizer", "--price-lr", "--range-lr", "--fixed-gate-ratio",
+                 "--gate-warmup-ratio", "--phase2-lr", "--resume", "--config", "--device", "--embedding-bits",
+                 "--lora-targets", "--w-bits", "--a-bits", "--calibration", "--hard-off"):
         assert flag in result.stdout

@@ -16,10 +16,12 @@ def data(tmp_path_factory):
 
 @pytest.mark.slow
 def test_resume_is_exact(tmp_path, tiny_bert_dir, data):
-    # 12 steps over 5 batches per epoch: the interruption (after step 8) falls mid-epoch, the snapshot
-    # (every 3 steps: step 6) too, and phase 2 (frozen gates, last 3 steps) starts after the resume.
-    args = ["--model", tiny_bert_dir, "--data-dir", data, *FAST, "--max-steps", "9", "--fixed-gate-steps", "3",
-            "--save-steps", "3", "--gate-lr", "0.3", "--gate-init", "1.0", "--regularizer-warmup-steps", "4"]
+    # 9 steps over 5 batches per epoch: gates learn from step 2, the snapshot (every 3 steps: step 6) and the
+    # interruption (after step 8) fall mid-epoch, and phase 2 (frozen gates, the last 3 steps after the budget
+    # is enforced) starts before the resume: the price, its path and the closures come back from the snapshot.
+    args = ["--model", tiny_bert_dir, "--data-dir", data, *FAST, "--max-steps", "9", "--fixed-gate-ratio", "0.34",
+            "--gate-warmup-ratio", "0.2", "--save-steps", "3", "--gate-lr", "5", "--gate-init", "1.0",
+            "--bops-budget", "0.15"]
     assert_ok(train_cli(*args, "--output-dir", tmp_path / "straight"))
 
     out = tmp_path / "interrupted"
@@ -41,13 +43,16 @@ def test_resume_is_exact(tmp_path, tiny_bert_dir, data):
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
-    # Phase 2 froze the gates at their test-time values, and the log tells one history.
-    assert all(v.abs().min() == 30 for k, v in resumed.items() if k.endswith("log_alpha") and v.numel()
+    # Phase 2 froze the learned (width) gates at their test-time values, and the log tells one history.
+    assert all(v.abs().min() == 30 for k, v in resumed.items() if k.endswith("_quantizer.log_alpha") and v.numel()
                and "embeddings" not in k)
     log_straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     log_resumed = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in log_resumed] == [r["step"] for r in log_straight]
     assert [r.get("task_loss") for r in log_resumed] == pytest.approx([r.get("task_loss") for r in log_straight])
+    summaries = [json.loads((d / "summary.json").read_text())["price"] for d in (tmp_path / "straight", out)]
+    assert summaries[0]["path"] == summaries[1]["path"] and summaries[0]["closed_by_budget"] == \
+        summaries[1]["closed_by_budget"]
 
 
 def test_resume_needs_matching_options_and_state(tmp_path, tiny_bert_dir, data):
@@ -57,6 +62,6 @@ def test_resume_needs_matching_options_and_state(tmp_path, tiny_bert_dir, data):
     assert missing.exit_code == 2 and "no resume state" in missing.output
     assert train_cli(*args, "--output-dir", out, env={INTERRUPT_ENV: "3"}).exit_code != 0
     changed = train_cli(*args[:-4], "--max-steps", "5", "--save-steps", "2", "--output-dir", out, "--resume")
-    assert changed.exit_code == 2 and "max_steps" in changed.output, changed.output
+    assert changed.exit_code == 2 and "optim.max_steps" in changed.output, changed.output
     assert_ok(train_cli(*args, "--output-dir", out, "--overwrite"))  # --overwrite starts over
     assert not (tmp_path / "run.state").exists()

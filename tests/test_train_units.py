@@ -1,6 +1,7 @@
 """Pure pieces of the training stage: options, schedules, data order, sharding, optimizer-state round trip,
 phase-2 gate freezing and the shared gate generator."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -15,9 +16,10 @@ from blora_export.inject import inject, wrapped_linears
 from blora_export.testing import make_tiny_model
 from train.batching import Schedule, epoch_order, shard
 from train.errors import TrainError
-from train.optim import build_optimizer, freeze_gates, param_groups
+from train.optim import Optimizers, freeze_gates, param_groups
 from train.options import TrainConfig
-from train.schedules import lr_factor, regularizer_factor
+from train.price import Price
+from train.schedules import Phases, lr_factor
 from train.state import flatten_optimizer, unflatten_optimizer
 
 
@@ -42,8 +44,9 @@ def test_options_json_round_trip_and_method_mapping():
         _cfg(bogus=1)
     with pytest.raises(ConfigError):
         _cfg(init_weight_bits=3).validate()
-    with pytest.raises(TrainError, match="--fixed-gate-steps"):
-        _cfg(method="lora", fixed_gate_steps=2).validate()
+    with pytest.raises(TrainError, match="--gate-warmup-ratio plus --fixed-gate-ratio"):
+        _cfg(gate_warmup_ratio=0.6, fixed_gate_ratio=0.5).validate()
+    assert _cfg(bops_budget="none").method.bops_budget is None and _cfg(phase2_lr="none").optim.phase2_lr is None
     key = cfg.resume_key()
     assert "device" not in key and "max_steps" in key["optim"] and "max_rank" in key["method"]
 
@@ -58,7 +61,7 @@ def test_help_reads_each_default_from_its_dataclass():
     for flag, value in (("--max-rank", defaults.max_rank), ("--init-weight-bits", defaults.init_weight_bits),
                         ("--init-act-bits", defaults.init_act_bits), ("--embedding-bits", defaults.embedding_bits),
                         ("--lora-alpha", defaults.lora_alpha), ("--bops-weight", defaults.bops_weight),
-                        ("--rank-weight", defaults.rank_weight), ("--gate-init", defaults.gate_init),
+                        ("--bops-budget", defaults.bops_budget), ("--gate-init", defaults.gate_init),
                         ("--lr", OptimSpec.lr), ("--gate-lr", OptimSpec.gate_lr), ("--seed", OptimSpec.seed),
                         ("--max-seq-length", DataSpec.max_seq_length),
                         ("--eval-batch-size", TrainConfig.eval_batch_size)):
@@ -66,12 +69,31 @@ def test_help_reads_each_default_from_its_dataclass():
         assert f"[default: {value}]" in described, (flag, described)
 
 
-def test_lr_and_regularizer_schedules():
+def test_lr_schedule_and_phases():
     assert [round(lr_factor(s, 3, 10), 4) for s in range(10)] == [0.25, 0.5, 0.75, 1.0, 0.8571, 0.7143, 0.5714,
                                                                  0.4286, 0.2857, 0.1429]
     assert lr_factor(0, 0, 5) == 1.0
-    assert [regularizer_factor(s, 4) for s in (0, 3, 4, 9)] == [0.0, 0.0, 1.0, 1.0]
-    assert regularizer_factor(0, 0) == 1.0
+    optim = _cfg(max_steps=10, gate_warmup_ratio=0.3, fixed_gate_ratio=0.2, warmup_steps=2, phase2_lr=0.5).optim
+    phases = Phases.plan(10, True, optim)
+    assert (phases.gate_start, phases.main, phases.total) == (3, 8, 10)
+    assert [phases.gates_learn(s) for s in range(10)] == [False] * 3 + [True] * 5 + [False] * 2
+    factors = [phases.lr_factor(s) for s in range(10)]
+    assert factors[:2] == [1 / 3, 2 / 3] and factors[7] == pytest.approx(1 / 6) and factors[8:] == [0.5, 0.25]
+    plain = Phases.plan(10, False, optim)  # no gates: no warm-up of gates, no phase 2, one decay
+    assert (plain.gate_start, plain.main) == (10, 10) and plain.lr_factor(9) == lr_factor(9, 2, 10)
+    one_decay = Phases.plan(10, True, dataclasses.replace(optim, phase2_lr=None))
+    assert [one_decay.lr_factor(s) for s in range(10)] == [lr_factor(s, 2, 10) for s in range(10)]
+
+
+def test_price_rises_over_budget_and_falls_under_it():
+    price = Price(0.0, 0.1, 2.0)
+    price.update(1, 0.12)
+    assert price.value == pytest.approx(0.4)
+    price.update(2, 0.05)
+    assert price.value == 0.0 and price.path == [[1, pytest.approx(0.4), 0.12], [2, 0.0, 0.05]]
+    fixed = Price(3.0, None, 2.0)
+    fixed.update(1, 0.5)
+    assert fixed.value == 3.0
 
 
 def test_data_order_is_a_pure_function_of_seed_and_epoch():
@@ -135,20 +157,28 @@ def test_param_groups_split_weights_gates_ranges(injected):
     assert groups["weights"]["weight_decay"] == 0.01
     n_trainable = sum(p.requires_grad for p in injected.parameters())
     assert sum(len(g["params"]) for g in groups.values()) == n_trainable
-    assert isinstance(build_optimizer(injected, _cfg().optim, ["bert.pooler", "classifier"]), torch.optim.AdamW)
+    optimizers = Optimizers(injected, _cfg().optim, head)
+    assert isinstance(optimizers.main, torch.optim.AdamW) and isinstance(optimizers.gates, torch.optim.SGD)
+    assert len(optimizers.gate_params) == len(groups["gates"]["params"])
+    assert isinstance(Optimizers(injected, _cfg(gate_optimizer="adam").optim, head).gates, torch.optim.Adam)
 
 
-def test_frozen_gates_sample_their_test_time_values(injected):
-    layer = next(m for m in wrapped_linears(injected).values() if m.max_rank)
+def test_frozen_gates_sample_their_test_time_values(tmp_path):
+    from blora_export.base_model import load_base_model
+
+    model = load_base_model(str(make_tiny_model(tmp_path / "m")), 2)
+    inject(model, BLoRAConfig(max_rank=4, gate_init=1.0, deploy="adapter", gate_sampling=True))
+    layer = next(m for m in wrapped_linears(model).values() if m.max_rank)
     with torch.no_grad():
         layer.rank_log_alpha.copy_(torch.tensor([2.0, -0.5, -1.5]))
-    freeze_gates(injected)
+    params = Optimizers(model, _cfg().optim, ["bert.pooler", "classifier"]).gate_params
+    assert freeze_gates(params) == len(params)
     assert not layer.rank_log_alpha.requires_grad and not layer.weight_quantizer.log_alpha.requires_grad
     layer.train()
-    for _ in range(50):  # training-mode samples now equal the deterministic mask exactly
+    for _ in range(50):  # even sampled gates now equal the deterministic mask exactly
         assert layer.rank_mask().tolist() == [1.0, 1.0, 1.0, 0.0]
     assert layer.deterministic_rank() == 3
-    assert freeze_gates(injected) == 0  # idempotent: nothing left to freeze
+    assert freeze_gates(params) == 0  # idempotent: nothing left to freeze
 
 
 def test_gate_generator_gives_identical_samples_and_default_is_unchanged():

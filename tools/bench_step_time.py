@@ -14,6 +14,8 @@ import time
 import click
 import torch
 
+PRICE = 10.0  # a typical price under a 10% budget (the value does not change the work a step does)
+
 
 def build(method: str, model_dir: str, rank: int):
     from blora_export import gated_model
@@ -32,7 +34,8 @@ def build(method: str, model_dir: str, rank: int):
         return get_peft_model(model, config), lambda: torch.zeros(())
     cfg = BLoRAConfig(method=method, max_rank=rank)
     profile = prepare(model, cfg).profile
-    return model, lambda: gated_model.regularizer(model, profile, cfg)
+    # B-LoRA while its gates learn (the costliest phase): the price times the expected BOP fraction
+    return model, lambda: PRICE * gated_model.expected_bop_fraction(model, profile)
 
 
 @click.command()

@@ -1,9 +1,14 @@
-"""The training loop: one optimizer step per global batch, logging, periodic evaluation and resume snapshots.
+"""The training loop: one optimizer step per global batch, the phases of B-LoRA, logging, periodic evaluation and
+resume snapshots.
 
-Randomness is reseeded every step from (seed, step): dropout from (seed, step, rank), gate samples from a
-dedicated generator seeded from (seed, step) alone, identically on every rank. So all ranks apply the same
-gate masks and the all-reduced gradient is the full batch's gradient, and a resumed run draws exactly what
-the uninterrupted run drew.
+Randomness is reseeded every step from (seed, step): dropout from (seed, step, rank), gate samples (the sampled
+ablation) from a dedicated generator seeded from (seed, step) alone, identically on every rank. So all ranks
+apply the same gate masks and the all-reduced gradient is the full batch's gradient, and a resumed run draws
+exactly what the uninterrupted run drew.
+
+While the gates learn (train/schedules.py), the loss is task + price x E[BOPs] / BOPs_fp32 and the price adapts
+to the budget (train/price.py). At the end of phase 1 the budget is enforced (train/budget.py) and the gates
+freeze for phase 2.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,15 +27,17 @@ from blora_export import gates
 from blora_export.bops import MacProfile
 from blora_export.config import BLoRAConfig
 from blora_export.data import Task
-from blora_export.gated_model import expected_bops, regularizer
+from blora_export.gated_model import deterministic_bop_fraction, expected_bop_fraction
 
 from .batching import Encoded, Schedule, collate, shard
+from .budget import enforce_budget
 from .distributed import Dist
 from .evaluate import evaluate, loss_sum
-from .optim import freeze_gates, set_lr
+from .optim import Optimizers, freeze_gates, set_gates_learning
 from .options import TrainConfig
+from .price import Price
 from .runlog import RunLog
-from .schedules import lr_factor, regularizer_factor
+from .schedules import Phases
 from .state import save_snapshot
 
 # Test hook: stop as if interrupted (Ctrl-C) right after this step; used to prove that --resume is exact.
@@ -50,16 +58,22 @@ class Run:
     task: Task
     profile: MacProfile
     schedule: Schedule
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizers
     dist: Dist
     log: RunLog
-    main_steps: int  # steps with learned gates; then cfg.optim.fixed_gate_steps with frozen gates
-    warmup_steps: int
+    phases: Phases
+    price: Price
+    budget_loss: Callable[[nn.Module], float]  # the loss the budget guarantee ranks closures by
     data_record: dict = field(default_factory=dict)  # what a snapshot records about the data order
+    closed_by_budget: list[dict] = field(default_factory=list)
 
     @property
     def total_steps(self) -> int:
-        return self.main_steps + self.cfg.optim.fixed_gate_steps
+        return self.phases.total
+
+    @property
+    def learns_gates(self) -> bool:
+        return self.optimizer.gates is not None
 
 
 def _seed(seed: int, step: int, stream: int) -> int:
@@ -72,15 +86,10 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def expected_reduction(model: nn.Module, profile: MacProfile) -> tuple[float, float]:
-    with torch.no_grad():
-        b = expected_bops(model, profile)
-    return float(b["whole_model"]["reduction"]), float(b["adapted"]["reduction"])
-
-
 def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str, float]:
     cfg, dist, model = run.cfg, run.dist, run.model
-    set_lr(run.optimizer, lr_factor(step, run.warmup_steps, run.total_steps))
+    learning = run.learns_gates and run.phases.gates_learn(step)
+    run.optimizer.set_lr(run.phases.lr_factor(step))
     torch.manual_seed(_seed(cfg.optim.seed, step, 1 + dist.rank))
     gate_generator.manual_seed(_seed(cfg.optim.seed, step, 0))
 
@@ -92,12 +101,12 @@ def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str
         logits = model(**batch).logits
     task_sum = loss_sum(logits, labels, run.task.is_regression)
     loss = task_sum / count
-    reg = torch.zeros(())
-    if dist.is_main:  # counted once: the all-reduce below sums over ranks
-        reg = regularizer(model, run.profile, run.blora) * regularizer_factor(step, cfg.optim.regularizer_warmup_steps)
-        loss = loss + reg
+    penalty = torch.zeros(())
+    if learning and dist.is_main:  # counted once: the all-reduce below sums over ranks
+        penalty = run.price.value * expected_bop_fraction(model, run.profile)
+        loss = loss + penalty
 
-    run.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad()
     loss.backward()
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:  # same tensor list on every rank, even where a range got no gradient
@@ -105,21 +114,31 @@ def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str
             p.grad = torch.zeros_like(p)
     stats = task_sum.detach().float().reshape(1)
     dist.all_reduce_sum([p.grad for p in params] + [stats])
-    if cfg.optim.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-    run.optimizer.step()
-    return {"task_loss": float(stats) / count, "regularizer": float(reg.detach())}
+    run.optimizer.step(learning)
+    if learning:
+        run.price.update(step + 1, deterministic_bop_fraction(model, run.profile))
+    return {"task_loss": float(stats) / count, "penalty": float(penalty.detach())}
+
+
+def end_phase_one(run: Run) -> None:
+    """Enforce the budget (rank 0 decides, every rank gets its gates) and freeze the gates for phase 2."""
+    if run.blora.bops_budget is not None and run.learns_gates:
+        if run.dist.is_main:
+            run.closed_by_budget = enforce_budget(run.model, run.profile, run.blora.bops_budget, run.budget_loss)
+        run.dist.broadcast(run.optimizer.gate_params)
+    freeze_gates(run.optimizer.gate_params)
 
 
 def train(run: Run, start_step: int) -> dict[str, float]:
     """Steps start_step .. total_steps - 1; returns timing. Rank 0 logs, evaluates and snapshots."""
     from tqdm.auto import tqdm
 
-    cfg, dist, model = run.cfg, run.dist, run.model
+    dist, model, phases = run.dist, run.model, run.phases
     gate_generator = torch.Generator(device=dist.device)
     interrupt_after = int(os.environ.get(INTERRUPT_ENV, "0")) or None
-    if cfg.optim.fixed_gate_steps and start_step >= run.main_steps:
-        freeze_gates(model)
+    set_gates_learning(run.optimizer, phases.gates_learn(start_step))
+    if start_step > phases.main:
+        freeze_gates(run.optimizer.gate_params)  # a resumed phase 2 (the snapshot holds the frozen values)
     model.train()
     bar = tqdm(total=run.total_steps, initial=start_step, desc="train", disable=not dist.is_main,
                dynamic_ncols=True)
@@ -127,8 +146,10 @@ def train(run: Run, start_step: int) -> dict[str, float]:
     step_seconds = 0.0
     try:  # the bar is closed before an interruption's message is printed
         for step in range(start_step, run.total_steps):
-            if step == run.main_steps and cfg.optim.fixed_gate_steps:
-                freeze_gates(model)
+            if step == phases.gate_start:
+                set_gates_learning(run.optimizer, phases.gates_learn(step))
+            if step == phases.main:
+                end_phase_one(run)
             tic = time.perf_counter()
             result = train_step(run, step, gate_generator)
             step_seconds += time.perf_counter() - tic
@@ -137,6 +158,8 @@ def train(run: Run, start_step: int) -> dict[str, float]:
                 book.after_step(step + 1, result)
             if interrupt_after is not None and step + 1 == interrupt_after:
                 raise KeyboardInterrupt(f"test interrupt after step {step + 1}")
+        if phases.main == phases.total and start_step <= phases.main:
+            end_phase_one(run)  # no phase 2: the budget still holds for the export
     finally:
         bar.close()
     steps = run.total_steps - start_step
@@ -165,19 +188,23 @@ class _Bookkeeper:
             run.log.append({"step": done, "epoch": round(run.schedule.epoch(done), 4), "eval": metrics})
         if cfg.save_steps and done % cfg.save_steps == 0 and not last:
             save_snapshot(run.log.path.parent, done, run.model, run.head, run.optimizer, cfg.resume_key(),
-                          run.data_record)
+                          run.data_record, {"price": run.price.to_dict(), "closed_by_budget": run.closed_by_budget})
 
     def _log(self, done: int) -> None:
         run = self.run
-        whole, adapted = expected_reduction(run.model, run.profile)
+        with torch.no_grad():
+            expected = float(expected_bop_fraction(run.model, run.profile))
+        fraction = deterministic_bop_fraction(run.model, run.profile)
         task_loss = sum(r["task_loss"] for r in self.window) / len(self.window)
-        reg = sum(r["regularizer"] for r in self.window) / len(self.window)
+        penalty = sum(r["penalty"] for r in self.window) / len(self.window)
         self.window = []
         run.log.append({"step": done, "epoch": round(run.schedule.epoch(done), 4), "task_loss": task_loss,
-                        "regularizer": reg, "loss": task_loss + reg, "lr": run.optimizer.param_groups[0]["lr"],
-                        "expected_bop_reduction": whole, "expected_adapted_bop_reduction": adapted})
-        postfix = {"loss": f"{task_loss:.4f}", "reg": f"{reg:.3g}"}
+                        "penalty": penalty, "loss": task_loss + penalty, "lr": run.optimizer.lr,
+                        "price": run.price.value, "bop_fraction": fraction, "expected_bop_fraction": expected})
+        postfix = {"loss": f"{task_loss:.4f}"}
         if self.latest_metric is not None:
             postfix[run.task.metric] = f"{self.latest_metric:.4f}"
-        postfix["bops"] = f"-{100 * whole:.1f}%"
+        postfix["bops"] = f"{100 * fraction:.1f}%"
+        if run.learns_gates:
+            postfix["price"] = f"{run.price.value:.3g}"
         self.bar.set_postfix(postfix)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,31 +21,39 @@ from blora_export.data import CLASSIFICATION, DataSpec
 from .errors import TrainError
 
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE = ("auto", "on", "off")  # fused quantizer kernels (blora_export/fused.py); auto: when a C++ compiler is found
+GATE_OPTIMIZERS = ("sgd", "adam")
+BUDGET_MODES = ("cap", "target")
 # Options that may change between an interrupted run and its --resume without changing the result's meaning.
 OPERATIONAL = ("resume", "overwrite", "eval_steps", "save_steps", "logging_steps", "device", "config_file",
-               "eval_batch_size")
+               "eval_batch_size", "compile")
 
 
 @dataclass
 class OptimSpec:
-    """How the trained tensors are optimised."""
+    """How the trained tensors are optimised, and the phases of a B-LoRA run (train/schedules.py)."""
 
     epochs: float = 3.0
     max_steps: int | None = None  # overrides epochs
     batch_size: int = 32  # global, split across processes
     lr: float = 5e-4  # LoRA factors and head
-    # Adam moves a gate by about gate_lr per step whatever the penalty's size; from log_alpha = +3 to the closing
-    # threshold (-0.935) takes ~80 steps at 5e-2 but ~400 at 1e-2, i.e. never in a short CPU run.
-    gate_lr: float = 5e-2
-    range_lr: float = 1e-3
+    range_lr: float = 1e-2  # quantizer ranges; relative to the range (see QuantizerSpec.relative_range)
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # adapters, head and ranges (gates are not clipped: their gradient is a price)
     warmup_steps: int | None = None  # overrides warmup_ratio
     warmup_ratio: float = 0.06
-    regularizer_warmup_steps: int = 0
-    fixed_gate_steps: int = 0
     calibration_batches: int = 8
     seed: int = 42
+    # gates: plain SGD with momentum, so a step follows the size of the gradient and the BOP price acts as a
+    # price (with Adam every gate moves about its learning rate per step whatever the penalty: a switch)
+    gate_optimizer: str = "sgd"  # "sgd" | "adam"
+    gate_lr: float = 10.0
+    gate_momentum: float = 0.9
+    price_lr: float = 2.0  # dual ascent on the price: += price_lr * (BOP fraction / budget - 1) per step
+    budget_mode: str = "cap"  # "cap": the price stays >= 0; "target": it may turn negative (train/price.py)
+    gate_warmup_ratio: float = 0.3  # share of the steps before gates learn (the adapters learn first)
+    fixed_gate_ratio: float = 0.2  # share of the steps in phase 2 (gates frozen at their test-time values)
+    phase2_lr: float | None = 0.5  # phase 2's starting learning rate, as a fraction of lr (None: one decay)
 
     def validate(self) -> OptimSpec:
         positive = {"batch_size": self.batch_size, "calibration_batches": self.calibration_batches,
@@ -54,18 +63,28 @@ class OptimSpec:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {value}")
         if not 0 <= self.seed < 2**63:
             raise TrainError(f"--seed must be in [0, 2^63), got {self.seed}")
-        if self.max_steps is None and not self.epochs > 0:
-            raise TrainError(f"--epochs must be > 0, got {self.epochs}")
+        if self.max_steps is None and not 0 < self.epochs < math.inf:
+            raise TrainError(f"--epochs must be a finite number > 0, got {self.epochs}")
         for name in ("lr", "gate_lr", "range_lr"):
-            if not getattr(self, name) > 0:
-                raise TrainError(f"--{_flag(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("weight_decay", "max_grad_norm", "regularizer_warmup_steps", "fixed_gate_steps"):
-            if not getattr(self, name) >= 0:
-                raise TrainError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise TrainError(f"--{_flag(name)} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("weight_decay", "max_grad_norm", "price_lr"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise TrainError(f"--{_flag(name)} must be a finite number >= 0, got {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise TrainError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise TrainError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        for name in ("warmup_ratio", "gate_momentum", "gate_warmup_ratio", "fixed_gate_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                raise TrainError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+        if self.gate_warmup_ratio + self.fixed_gate_ratio >= 1:
+            raise TrainError("--gate-warmup-ratio plus --fixed-gate-ratio must leave steps for the gates to learn "
+                             f"(got {self.gate_warmup_ratio} + {self.fixed_gate_ratio})")
+        if self.phase2_lr is not None and not 0 < self.phase2_lr < math.inf:
+            raise TrainError(f"--phase2-lr must be a finite number > 0, got {self.phase2_lr}")
+        if self.budget_mode not in BUDGET_MODES:
+            raise TrainError(f"--budget-mode must be one of {list(BUDGET_MODES)}, got {self.budget_mode!r}")
+        if self.gate_optimizer not in GATE_OPTIMIZERS:
+            raise TrainError(f"--gate-optimizer must be one of {list(GATE_OPTIMIZERS)}, got {self.gate_optimizer!r}")
         return self
 
 
@@ -88,6 +107,7 @@ class TrainConfig:
     save_steps: int | None = 500
     logging_steps: int = 10
     device: str = "auto"
+    compile: str = "auto"
     resume: bool = False
     overwrite: bool = False
     config_file: str | None = None
@@ -97,7 +117,7 @@ class TrainConfig:
     def from_flags(cls, flags: dict[str, Any]) -> TrainConfig:
         """Route flat options (`lr`, `data_dir`, `w_bits`, `per_tensor_weights`, ...) into the nested config;
         options left out (or None) keep their dataclass defaults."""
-        given = {k: v for k, v in flags.items() if v is not None}
+        given = {k: None if v == "none" else v for k, v in flags.items() if v is not None}
         data_fields = {f.name for f in dataclasses.fields(DataSpec)}
         optim_fields = {f.name for f in dataclasses.fields(OptimSpec)}
         method_fields = {f.name for f in dataclasses.fields(BLoRAConfig)}
@@ -125,14 +145,14 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.device not in DEVICES:
             raise TrainError(f"--device must be one of {list(DEVICES)}, got {self.device!r}")
+        if self.compile not in COMPILE:
+            raise TrainError(f"--compile must be one of {list(COMPILE)}, got {self.compile!r}")
         self._check_data()
         for name in ("eval_batch_size", "logging_steps", "eval_steps", "save_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise TrainError(f"--{_flag(name)} must be >= 1, got {value}")
         self.optim.validate()
-        if self.optim.fixed_gate_steps and self.method.method != "blora":
-            raise TrainError("--fixed-gate-steps only applies to --method blora (other methods have fixed gates)")
         self.method.validate()  # raises ConfigError with the option's name
         return self
 

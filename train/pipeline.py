@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from blora_export import data, roles
+from blora_export import data, fused, roles
 from blora_export.atomic import OutputIsInputError, OutputNotWritableError, check_not_an_input, check_writable
 from blora_export.base_model import is_local, load_base_model, max_positions
 from blora_export.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
@@ -23,15 +23,18 @@ from blora_export.inject import prepare
 
 from . import distributed, loop, report
 from .batching import Schedule, collate, encode
+from .budget import least_fraction
 from .errors import TrainError
-from .evaluate import evaluate
-from .optim import build_optimizer
+from .evaluate import evaluate, loss_sum
+from .optim import Optimizers
 from .options import TrainConfig
+from .price import Price
 from .runlog import LOG_FILE, RunLog
-from .schedules import warmup_steps
+from .schedules import Phases
 from .state import SNAPSHOT, has_snapshot, load_snapshot, load_trained, restore_rng
 
 VALIDATION_EXAMPLES = 256
+BUDGET_BATCHES = 4  # fixed training batches the budget guarantee measures closures on
 MODEL_HINT = "pass --model a Hugging Face model name or a directory written by save_pretrained (config and tokenizer)"
 
 
@@ -40,6 +43,8 @@ def run(cfg: TrainConfig) -> dict:
     cfg.validate()
     resume = check_output(cfg)
     dist = distributed.setup(cfg.device)
+    if cfg.compile != "auto":  # auto: the process's setting (by default, compile when a C++ compiler is found)
+        fused.set_enabled(cfg.compile == "on")
     try:
         return _run(cfg, dist, resume)
     finally:
@@ -125,22 +130,22 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     model.to(dist.device)
 
     schedule = Schedule(len(train_data), cfg.optim.batch_size, cfg.optim.seed, min_batch=dist.world_size)
-    main_steps = cfg.optim.max_steps or schedule.steps_for(cfg.optim.epochs)
-    total = main_steps + cfg.optim.fixed_gate_steps
+    total = cfg.optim.max_steps or schedule.steps_for(cfg.optim.epochs)
     data_record = {"n_train": len(train_data), "steps_per_epoch": schedule.steps_per_epoch,
                    "order": "numpy default_rng([seed, epoch]).permutation(n_train)"}
+    fixed_batches = [collate(tokenizer, train_data, schedule.indices(i), dataset.task.is_regression)
+                     for i in range(min(cfg.optim.calibration_batches, schedule.steps_per_epoch))]
     snapshot = load_snapshot(cfg.state_dir) if resume else None
     if snapshot is not None:
         _check_snapshot(cfg, snapshot, data_record)
         load_trained(model, injection.head, snapshot.tensors)
     elif blora.method != "lora":  # lora's quantizers are identities: nothing to calibrate
-        batches = [{k: v.to(dist.device) for k, v in collate(tokenizer, train_data, schedule.indices(i),
-                                                              dataset.task.is_regression).items() if k != "labels"}
-                   for i in range(min(cfg.optim.calibration_batches, schedule.steps_per_epoch))]
-        calibrate(model, batches)  # the same full batches on every rank: identical ranges
+        # the same full batches on every rank: identical ranges
+        calibrate(model, [{k: v.to(dist.device) for k, v in b.items() if k != "labels"} for b in fixed_batches])
     dist.broadcast([p for _, _, p in roles.trainable(model, injection.head)])
 
-    optimizer = build_optimizer(model, cfg.optim, injection.head)
+    optimizer = Optimizers(model, cfg.optim, injection.head)
+    _check_budget(blora, model, profile, optimizer)
     if snapshot is not None:
         optimizer.load_state_dict(snapshot.optimizer)
         restore_rng(snapshot.rng)
@@ -148,9 +153,15 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     if dist.is_main and snapshot is None:
         shutil.rmtree(cfg.state_dir / SNAPSHOT, ignore_errors=True)  # --overwrite: the old run's state goes
     log.start(snapshot.step if snapshot else None)
+    extras = snapshot.extras if snapshot else {}
+    price = Price.from_dict(extras["price"]) if "price" in extras else \
+        Price(blora.bops_weight, blora.bops_budget, cfg.optim.price_lr,
+              0.0 if cfg.optim.budget_mode == "cap" else None)
+    phases = Phases.plan(total, optimizer.gates is not None, cfg.optim)
     run_ = loop.Run(cfg, blora, model, injection.head, tokenizer, train_data, eval_data, dataset.task, profile,
-                    schedule, optimizer, dist, log, main_steps,
-                    warmup_steps(total, cfg.optim.warmup_steps, cfg.optim.warmup_ratio), data_record)
+                    schedule, optimizer, dist, log, phases, price,
+                    _fixed_batch_loss(fixed_batches[:BUDGET_BATCHES], dataset.task, dist.device), data_record,
+                    list(extras.get("closed_by_budget", [])))
     tic = time.perf_counter()
     timing = loop.train(run_, snapshot.step if snapshot else 0)
     timing.update(train_seconds=time.perf_counter() - tic, resumed_from_step=snapshot.step if snapshot else None)
@@ -167,6 +178,37 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
         result = _finish(run_, meta, dataset, timing)
     dist.barrier()
     return result
+
+
+def _check_budget(blora, model: nn.Module, profile, optimizer: Optimizers) -> None:
+    if blora.bops_budget is None or optimizer.gates is None:
+        return
+    least = least_fraction(model, profile)
+    if least > blora.bops_budget:
+        raise TrainError(f"--bops-budget {blora.bops_budget:g} is below the least this model can reach with the "
+                         f"allowed widths ({least:.4f} of its fp32 BOPs); raise the budget or allow narrower widths "
+                         f"(e.g. --weight-bits 2,4,8,16,32 --act-bits 4,8,16,32)")
+
+
+def _fixed_batch_loss(batches: list[dict], task, device: torch.device):
+    """The task loss of a model as it is (eval mode: the exported model) on a few fixed training batches."""
+
+    @torch.no_grad()
+    def loss(model: nn.Module) -> float:
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        try:
+            for batch in batches:
+                labels = batch["labels"].to(device)
+                logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits
+                total += float(loss_sum(logits, labels, task.is_regression))
+                count += len(labels)
+        finally:
+            model.train(was_training)
+        return total / max(1, count)
+
+    return loss
 
 
 def _prepare_model(cfg: TrainConfig, dataset):
@@ -191,7 +233,11 @@ def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict
         "seconds_per_step": timing["seconds_per_step"], "steps_this_session": timing["steps_run"],
         "resumed_from_step": timing["resumed_from_step"], "world_size": run_.dist.world_size,
         "device": str(run_.dist.device), "train_examples": len(run_.train_data),
-        "validation_examples": len(run_.eval_data), "skipped_rows": dataset.skipped})
+        "validation_examples": len(run_.eval_data), "skipped_rows": dataset.skipped,
+        "phases": {"gates_learn_from": run_.phases.gate_start, "gates_frozen_from": run_.phases.main,
+                   "total": run_.phases.total},
+        "price": {"budget": run_.price.budget, "final": run_.price.value, "path": run_.price.path,
+                  "closed_by_budget": run_.closed_by_budget} if run_.learns_gates else None})
     save_checkpoint(cfg.output_dir, run_.model, meta, run_.tokenizer, result,
                     [e.to_dict() for e in dataset.validation[:VALIDATION_EXAMPLES]],
                     overwrite=Path(cfg.output_dir).exists(), extra_files={LOG_FILE: run_.log.text()})

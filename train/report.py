@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blora_export.bops import MacProfile
+from blora_export.bops import MacProfile, fraction
 from blora_export.gated_model import deterministic_bops, deterministic_widths, expected_bops, ranks
 
 
@@ -26,11 +26,13 @@ def summary(model: nn.Module, profile: MacProfile, validation: dict[str, float],
     """Validation metrics with deterministic gates, learned ranks and widths, deterministic and expected BOPs."""
     with torch.no_grad():
         expected = expected_bops(model, profile)
+    bops = deterministic_bops(model, profile)
     return {
         "metrics": validation,  # validation set, deterministic gates
         "ranks": ranks(model),
         "widths": {n: {"weight": w, "activation": a} for n, (w, a) in deterministic_widths(model).items()},
-        "bops": _plain(deterministic_bops(model, profile)),
+        "bops": _plain(bops),
+        "bop_fraction": float(fraction(bops)),  # what the audit counts, as a fraction of the fp32 model's BOPs
         "expected_bops": _plain(expected),
         "bops_seq_len": profile.seq_len,
         **extra,
@@ -58,6 +60,12 @@ def table(s: dict) -> str:
         f"whole-model BOPs {bops['whole_model']['bops']:.4g} (uniform W8A8 reference "
         f"{bops['w8a8_reference_bops']:.4g}, fp32 {bops['whole_model']['bops_fp32']:.4g})",
     ]
+    price = s.get("price")
+    if price:
+        budget = "none (a fixed price)" if price["budget"] is None else f"{100 * price['budget']:.1f}% of fp32"
+        lines.append(f"BOP budget {budget}: the model uses {100 * s['bop_fraction']:.2f}%; final price "
+                     f"{price['final']:.4g}" + (f"; the budget guarantee closed {len(price['closed_by_budget'])} "
+                                                "level(s) at the end of phase 1" if price["closed_by_budget"] else ""))
     width = max(len(_short(n)) for n in s["widths"]) if s["widths"] else 10
     lines.append(f"{'layer'.ljust(width)}  rank  w_bits  a_bits")
     for name, w in s["widths"].items():

@@ -3,12 +3,13 @@
 STATE/ (CKPT.state, a sibling of the output directory)
   metrics.jsonl            the live training log (see runlog.py)
   latest/                  the newest snapshot, replaced atomically every --save-steps
-    state.json             step, options, data-order record, optimizer skeleton, python and numpy RNG states
+    state.json             step, options, data-order record, optimizer skeletons, python and numpy RNG states,
+                           extras (the BOP price and its path, the budget's closures)
     trained.safetensors    trained tensors (adapters, gates, ranges, head)
-    optimizer.safetensors  AdamW moments and step counts, flattened ("state.<param index>.<key>")
+    optimizer.safetensors  the optimizers' moments and step counts, flattened ("<optimizer>.state.<index>.<key>")
     rng.safetensors        torch RNG states (cpu, each cuda device)
 
-The learning-rate and regularizer schedules and the data order are pure functions of the step and seed, so
+The learning-rate schedule, the phases and the data order are pure functions of the step and seed, so
 the step is their whole state. Per-step randomness is reseeded from (seed, step, rank) as well (loop.py); the
 saved RNG states are restored too, for anything else that draws random numbers.
 """
@@ -32,7 +33,7 @@ from .errors import TrainError
 
 SNAPSHOT = "latest"
 STATE_FILE = "state.json"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -41,8 +42,9 @@ class Snapshot:
     options: dict[str, Any]
     data: dict[str, Any]
     tensors: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
+    optimizer: dict[str, Any]  # one state dict per optimizer (train.optim.Optimizers.state_dict)
     rng: dict[str, Any]
+    extras: dict[str, Any]  # the price and its path, the budget's closures
 
 
 # ---- optimizer state <-> tensors + JSON -------------------------------------------------------------
@@ -114,14 +116,17 @@ def snapshot_step(root: Path) -> int | None:
         return None
 
 
-def save_snapshot(root: Path, step: int, model: nn.Module, head: list[str], optimizer: torch.optim.Optimizer,
-                  options: dict[str, Any], data: dict[str, Any]) -> None:
+def save_snapshot(root: Path, step: int, model: nn.Module, head: list[str], optimizer, options: dict[str, Any],
+                  data: dict[str, Any], extras: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    opt_tensors, skeleton = flatten_optimizer(optimizer.state_dict())
+    opt_tensors, skeleton = {}, {}
+    for name, state in optimizer.state_dict().items():
+        tensors, skeleton[name] = flatten_optimizer(state)
+        opt_tensors.update({f"{name}.{k}": v for k, v in tensors.items()})
     rng_json, rng_tensors = rng_states()
     record = {"format": FORMAT, "step": step, "options": options, "data": data, "optimizer": skeleton,
-              "rng": rng_json}
+              "rng": rng_json, "extras": extras}
     Path(root).mkdir(parents=True, exist_ok=True)
     with atomic_directory(Path(root) / SNAPSHOT, overwrite=True) as tmp:
         save_file(trained_state(model, head), str(tmp / "trained.safetensors"))
@@ -145,9 +150,11 @@ def load_snapshot(root: Path) -> Snapshot:
             from None
     if record.get("format") != FORMAT:
         raise TrainError(f"the resume state in {directory} has format {record.get('format')!r}, expected {FORMAT}")
-    return Snapshot(int(record["step"]), record["options"], record["data"], tensors,
-                    unflatten_optimizer(opt_tensors, record["optimizer"]),
-                    {**record["rng"], "tensors": rng_tensors})
+    optimizer = {name: unflatten_optimizer({k[len(name) + 1:]: v for k, v in opt_tensors.items()
+                                            if k.startswith(name + ".")}, skeleton)
+                 for name, skeleton in record["optimizer"].items()}
+    return Snapshot(int(record["step"]), record["options"], record["data"], tensors, optimizer,
+                    {**record["rng"], "tensors": rng_tensors}, record["extras"])
 
 
 def load_trained(model: nn.Module, head: list[str], tensors: dict[str, torch.Tensor]) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from train.options import OptimSpec, TrainConfig
+from train.options import BUDGET_MODES, COMPILE, GATE_OPTIMIZERS, OptimSpec, TrainConfig
 
-from ..config import DEFAULT_SEQ_LEN, BLoRAConfig
+from ..config import CALIBRATIONS, DEFAULT_SEQ_LEN, DEPLOY_TARGETS, BLoRAConfig
 from ..data import DataSpec
 from ..errors import UserError
 from . import main
@@ -38,6 +38,16 @@ def _bits_callback(_ctx, _param, value):
     return _bits(value)
 
 
+def _optional_float(_ctx, param, value):
+    """A number, or 'none' (kept as the string: TrainConfig.from_flags maps it to None)."""
+    if value is None or str(value).strip().lower() == "none":
+        return None if value is None else "none"
+    try:
+        return float(value)
+    except ValueError:
+        raise CommandLineError(f"--{param.name.replace('_', '-')} takes a number or 'none', got {value!r}") from None
+
+
 def _widths(widths: tuple[int, ...]) -> str:
     return ",".join(str(b) for b in widths)
 
@@ -46,8 +56,8 @@ def _widths(widths: tuple[int, ...]) -> str:
 # model and task
 @click.option("--model", help="Hugging Face model name or local directory (AutoModelForSequenceClassification; "
               "a fresh classification head is added). Required (here or in --config).")
-@click.option("--task", help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or 'classification' "
-              "for any labelled text file. Required (here or in --config).")
+@click.option("--task", help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, wnli) or "
+              "'classification' for any labelled text file. Required (here or in --config).")
 @click.option("--output-dir", help="Checkpoint directory to write (atomically). Required (here or in --config).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub repository to run.")
 # data
@@ -73,14 +83,20 @@ def _widths(widths: tuple[int, ...]) -> str:
               help="LoRA scaling alpha (W += alpha/r B A).")
 @click.option("--lora-targets", default=BLoRAConfig.targets,
               help="Adapted modules: qkv, all-linear, or comma-separated module names (exact or dotted suffixes).")
+@click.option("--bops-budget", callback=_optional_float, default=str(BLoRAConfig.bops_budget),
+              help="blora: the most BOPs the exported model may use, as a fraction of the fp32 model's (attention "
+                   "included); the price adapts during training until the model fits, and a final step closes the "
+                   "cheapest levels if it still does not. 'none': a fixed price instead (the BOP weight).")
 @click.option("--bops-weight", type=float, default=BLoRAConfig.bops_weight,
-              help="mu, strength of the BOP-weighted width penalty.")
-@click.option("--rank-weight", type=float, default=BLoRAConfig.rank_weight,
-              help="lambda_r, strength of the nested rank penalty.")
+              help="blora: the BOP price, loss per 100% of fp32 BOPs (with a budget: its starting value).")
+@click.option("--deploy", type=click.Choice(DEPLOY_TARGETS), default=BLoRAConfig.deploy,
+              help="blora: merged (the adapter is folded into W0; rank is capacity and costs nothing) or adapter "
+                   "(shipped unmerged on a shared base: W0 is quantized alone and the branch's BOPs per rank are "
+                   "charged, so ranks are learned).")
 @click.option("--weight-bits", callback=_bits_callback, default=_widths(BLoRAConfig.weight_bits),
-              help="blora: allowed weight widths.")
+              help="blora: allowed weight widths (consecutive doublings of 2,4,8,16,32).")
 @click.option("--act-bits", callback=_bits_callback, default=_widths(BLoRAConfig.act_bits),
-              help="blora: allowed activation widths.")
+              help="blora: allowed activation widths (consecutive doublings of 4,8,16,32).")
 @click.option("--init-weight-bits", type=int, default=BLoRAConfig.init_weight_bits,
               help="blora: initial weight width.")
 @click.option("--init-act-bits", type=int, default=BLoRAConfig.init_act_bits,
@@ -88,7 +104,7 @@ def _widths(widths: tuple[int, ...]) -> str:
 @click.option("--embedding-bits", type=int, default=BLoRAConfig.embedding_bits,
               help="Embedding-table width: 4, 8 or 32 (lora keeps 32).")
 @click.option("--gate-init", type=float, default=BLoRAConfig.gate_init,
-              help="Initial log_alpha of gates that start open; closed ones start at minus it.")
+              help="Initial log_alpha of the gates of the initial widths (wider levels start closed, at -1.5).")
 @click.option("--per-tensor-weights", is_flag=True, help="One weight range per tensor instead of per output channel.")
 @click.option("--bops-seq-len", type=int,
               help=f"Sequence length T at which MACs and BOPs are counted. [default: {DEFAULT_SEQ_LEN}, or the "
@@ -101,21 +117,43 @@ def _widths(widths: tuple[int, ...]) -> str:
               help="Global batch size (split across processes).")
 @click.option("--eval-batch-size", type=int, default=TrainConfig.eval_batch_size, help="Validation batch size.")
 @click.option("--lr", type=float, default=OptimSpec.lr, help="Learning rate of LoRA factors and the head.")
-@click.option("--gate-lr", type=float, default=OptimSpec.gate_lr,
-              help="Learning rate of the gates' log_alpha (Adam moves a gate about this much per step).")
 @click.option("--range-lr", type=float, default=OptimSpec.range_lr,
-              help="Learning rate of the quantizer ranges (beta).")
+              help="Learning rate of the quantizer ranges (with --relative-ranges: about this fraction of the range "
+                   "per step).")
 @click.option("--weight-decay", type=float, default=OptimSpec.weight_decay,
               help="AdamW weight decay (LoRA factors and head only).")
 @click.option("--max-grad-norm", type=float, default=OptimSpec.max_grad_norm, help="Gradient clipping norm (0: off).")
 @click.option("--warmup-steps", type=int, help="Linear learning-rate warm-up steps (overrides --warmup-ratio).")
 @click.option("--warmup-ratio", type=float, default=OptimSpec.warmup_ratio, help="Warm-up as a fraction of all steps.")
-@click.option("--regularizer-warmup-steps", type=int, default=OptimSpec.regularizer_warmup_steps,
-              help="Keep the gate regularizer off for these first steps, so adapters learn (and the task starts "
-                   "defending gates) before the penalty pushes gates shut.")
-@click.option("--fixed-gate-steps", type=int, default=OptimSpec.fixed_gate_steps,
-              help="blora: extra steps at the end with the gates frozen at their test-time values (phase 2), so "
-                   "training ends on the exported graph.")
+@click.option("--gate-optimizer", type=click.Choice(GATE_OPTIMIZERS), default=OptimSpec.gate_optimizer,
+              help="sgd: a gate's step follows its gradient, so the BOP price acts as a price; adam: every gate "
+                   "moves about its learning rate per step (the first implementation's choice).")
+@click.option("--gate-lr", type=float, default=OptimSpec.gate_lr, help="Learning rate of the gates' log_alpha.")
+@click.option("--gate-momentum", type=float, default=OptimSpec.gate_momentum, help="Momentum of the gates' SGD.")
+@click.option("--price-lr", type=float, default=OptimSpec.price_lr,
+              help="With a budget: step of the price's dual ascent, price += price_lr x (BOP fraction / budget - 1).")
+@click.option("--budget-mode", type=click.Choice(BUDGET_MODES), default=OptimSpec.budget_mode,
+              help="cap: the budget is an upper bound (the price stays >= 0); target: the price may turn negative "
+                   "and reopen gates, so the model uses its budget.")
+@click.option("--gate-warmup-ratio", type=float, default=OptimSpec.gate_warmup_ratio,
+              help="Share of the steps before the gates learn, so widths are decided after the adapters learned.")
+@click.option("--fixed-gate-ratio", type=float, default=OptimSpec.fixed_gate_ratio,
+              help="blora: share of the steps at the end with the gates frozen at their test-time values (phase 2), "
+                   "so training ends on the exported graph.")
+@click.option("--phase2-lr", callback=_optional_float, default=str(OptimSpec.phase2_lr),
+              help="Phase 2's starting learning rate as a fraction of --lr ('none': one decay over the whole run).")
+# recipe switches
+@click.option("--gate-sampling/--straight-through-gates", default=BLoRAConfig.gate_sampling,
+              help="Sample hard-concrete gates in training, or run the test-time gates with straight-through "
+                   "gradients.")
+@click.option("--hard-off/--no-hard-off", default=BLoRAConfig.hard_off,
+              help="A gate at or below log_alpha -2 is exactly 0 and the levels above it are skipped.")
+@click.option("--affine-activations/--symmetric-activations", default=BLoRAConfig.affine_activations,
+              help="Activation grids: affine with a zero point (fits one-sided inputs), or symmetric signed.")
+@click.option("--relative-ranges/--absolute-ranges", default=BLoRAConfig.relative_ranges,
+              help="Learn range ends relative to their scale (log-parameterised) or in absolute units.")
+@click.option("--calibration", type=click.Choice(CALIBRATIONS), default=BLoRAConfig.calibration,
+              help="Activation range initialisation: least quantization error (mse) or max-abs.")
 @click.option("--calibration-batches", type=int, default=OptimSpec.calibration_batches,
               help="Training batches used to set activation ranges.")
 @click.option("--seed", type=int, default=OptimSpec.seed,
@@ -127,6 +165,9 @@ def _widths(widths: tuple[int, ...]) -> str:
               help="Write a metrics.jsonl line every N steps.")
 @click.option("--device", default=TrainConfig.device,
               help="auto (cuda if available), cpu or cuda. CUDA trains under bf16 autocast.")
+@click.option("--compile", type=click.Choice(COMPILE), default=TrainConfig.compile,
+              help="Fuse the quantizers' elementwise maths with torch.compile on CPU (same values, ~2x faster steps; "
+                   "the first step compiles for ~30 s). auto: when a C++ compiler is on PATH.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its latest state (OUTPUT_DIR.state).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing checkpoint or interrupted run's state.")
 @click.option("--config", "config_file", type=click.Path(),
@@ -195,11 +236,13 @@ def merge_config_file(ctx: click.Context, params: dict) -> dict:
             raise UserError(f"--config {path}: unknown option {key!r}")
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             continue  # an explicit flag beats the file
-        if name in ("weight_bits", "act_bits"):
+        param = by_name[name]
+        if name in ("weight_bits", "act_bits"):  # a JSON list of widths
             merged[name] = _bits(value)
             continue
         try:
-            merged[name] = None if value is None else by_name[name].type_cast_value(ctx, value)
+            value = None if value is None else param.type_cast_value(ctx, value)
         except click.BadParameter as e:
             raise UserError(f"--config {path}: {key}: {e.format_message()}") from None
+        merged[name] = param.callback(ctx, param, value) if param.callback and value is not None else value
     return merged
