@@ -96,6 +96,8 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
               "torch": None, "agreement": None, "max_abs_logit_diff": None}
     if options.ckpt:
         from .checkpoint import load_checkpoint
+        from .export.plan import make_plan
+        from .export.reference import integer_exact
         from .export.verify import torch_logits
 
         log(f"loading checkpoint {options.ckpt}")
@@ -103,7 +105,10 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
         if list(meta.labels) != list(model_labels):
             raise EvalError(f"checkpoint {options.ckpt} has labels {meta.labels} but {out_dir} has "
                             f"{model_labels}; pass the checkpoint {out_dir} was compressed from")
-        ref = torch_logits(model.eval(), batches)
+        plan = make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method,
+                         predictor.deploy.profile, predictor.deploy.opset)
+        with integer_exact(model.eval(), plan) as exact:
+            ref = torch_logits(exact, batches)
         result["torch"] = _report(ref, labels, task)
         result["max_abs_logit_diff"] = float(np.abs(ref - onnx_logits).max()) if len(ref) else 0.0
         if not regression_model:

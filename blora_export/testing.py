@@ -120,29 +120,35 @@ def _open_levels(quantizer, bits: int) -> None:
 
 def make_test_checkpoint(directory: str | Path, model_dir: str | Path, method: str = "blora", *, seed: int = 0,
                          max_rank: int = 4, targets="qkv", embedding_bits: int = 8, seq_len: int = 32,
-                         n_validation: int = 64, per_channel_weights: bool = True, overwrite: bool = False) -> Path:
+                         n_validation: int = 64, per_channel_weights: bool = True, overwrite: bool = False,
+                         deploy: str = "merged") -> Path:
     """A complete checkpoint built with the core API, no training: what `compress` tests need.
 
     method "blora": widths cycle through TEST_WIDTHS over the quantized Linears, rank gates through
-    TEST_RANK_GATES over the adapters, the 4th adapter has lora_B == 0 (an adapter that does nothing), every
-    third activation range is shrunk to 60% so clipping happens, and the first FFN output projection (after GELU)
-    with <= 8-bit weights and activations gets an unsigned input quantizer. "qat" and "lora" keep their fixed
-    widths and full ranks. Adapters are non-zero; the head is re-aimed so both classes are predicted;
-    validation.jsonl holds `n_validation` synthetic examples.
+    TEST_RANK_GATES over the adapters, the 4th adapter has lora_B == 0 (an adapter that does nothing), every third
+    activation range is shrunk to 60% so clipping happens, the first FFN output projection (after GELU) with <=
+    8-bit weights and activations gets an input grid starting at 0, and the first attention output projection with
+    <= 8-bit widths a symmetric signed one (the others are affine with a negative part). "qat" and "lora" keep
+    their fixed widths and full ranks. Adapters are non-zero; the head is re-aimed so both classes are predicted;
+    validation.jsonl holds `n_validation` synthetic examples. `deploy="adapter"`: the adapters ship unmerged.
     """
+    import math
+
     import torch
     from transformers import AutoTokenizer
 
     from .base_model import load_base_model
     from .checkpoint import CheckpointMeta, save_checkpoint
-    from .config import BLoRAConfig
+    from .config import ACT_WIDTHS, WIDTHS, BLoRAConfig
     from .gated_model import calibrate
     from .inject import prepare, wrapped_linears
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    # every width the export supports, not only the default lattice
     cfg = BLoRAConfig(method=method, max_rank=max_rank, targets=targets, embedding_bits=embedding_bits,
-                      seq_len=seq_len, per_channel_weights=per_channel_weights).validate()
+                      seq_len=seq_len, per_channel_weights=per_channel_weights, weight_bits=WIDTHS,
+                      act_bits=ACT_WIDTHS, deploy=deploy).validate()
     labels = ["negative", "positive"]
     model = load_base_model(str(model_dir), len(labels), dict(enumerate(labels)))
     prepared = prepare(model, cfg)
@@ -157,7 +163,7 @@ def make_test_checkpoint(directory: str | Path, model_dir: str | Path, method: s
         return torch.randn(*shape, generator=gen)
 
     with torch.no_grad():
-        unsigned_done = False
+        nonnegative_done = symmetric_done = False
         adapter_index = 0
         for i, (name, layer) in enumerate(wrapped_linears(model).items()):
             if layer.max_rank:
@@ -178,11 +184,15 @@ def make_test_checkpoint(directory: str | Path, model_dir: str | Path, method: s
             _open_levels(layer.weight_quantizer, w_bits)
             _open_levels(layer.input_quantizer, a_bits)
             if i % 3 == 2:
-                layer.input_quantizer.beta.mul_(0.6)
-            if not unsigned_done and a_bits <= 8 and w_bits <= 8 and name.endswith("output.dense") \
-                    and ".attention." not in name:  # an unsigned input on an integer-kernel layer
-                layer.input_quantizer.signed.fill_(False)
-                unsigned_done = True
+                layer.input_quantizer.log_hi.add_(math.log(0.6))
+            integer_layer = a_bits <= 8 and w_bits <= 8
+            if not nonnegative_done and integer_layer and name.endswith("output.dense") \
+                    and ".attention." not in name:  # an input grid that starts at 0, on an integer-kernel layer
+                layer.input_quantizer.negative.fill_(False)
+                nonnegative_done = True
+            elif not symmetric_done and integer_layer and ".attention.output." in name:  # a symmetric input grid
+                layer.input_quantizer.signed.fill_(True)
+                symmetric_done = True
         for prefix in head:
             for p in model.get_submodule(prefix).parameters():
                 p.add_(randn(*p.shape) * 0.5)

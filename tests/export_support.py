@@ -104,3 +104,20 @@ def hand_bops_tiny_bert(seq_len: int = SEQ_LEN) -> dict:
 def tokenize(tokenizer, texts: list[str], names: list[str], max_length: int = SEQ_LEN) -> dict[str, np.ndarray]:
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
     return {n: np.asarray(enc[n], dtype=np.int64) for n in names}
+
+
+def save_with_wrong_activation_scale(monkeypatch) -> None:
+    """Make compress write a real export bug - the last activation step 1.5x too large - so verification must
+    refuse it (the last layer: a random tiny model's first layers barely move its logits)."""
+    from onnx import numpy_helper
+
+    from blora_export.export import pipeline
+
+    save = pipeline._save_model
+
+    def save_wrong(proto, path):
+        scale = [t for t in proto.graph.initializer if t.name.endswith(".input_scale")][-1]
+        scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.5), scale.name))
+        save(proto, path)
+
+    monkeypatch.setattr(pipeline, "_save_model", save_wrong)

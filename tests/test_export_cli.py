@@ -3,10 +3,9 @@
 import json
 
 from click.testing import CliRunner
-from export_support import checkpoint
+from export_support import checkpoint, save_with_wrong_activation_scale
 
 from blora_export.cli import main
-from blora_export.export import verify
 
 
 def _run(*args):
@@ -40,7 +39,7 @@ def test_compress_cli_errors_are_one_line(tmp_path, monkeypatch):
     bad.write_text('{"sentence": "no text field"}\n')
     _one_line_error(_run(checkpoint("bert"), "-o", tmp_path / "o2", "--validation-file", bad), "'text'")
     _one_line_error(_run(checkpoint("bert"), "-o", tmp_path / "o3", "--seq-len", "999"), "max_position_embeddings")
-    monkeypatch.setattr(verify, "MIN_AGREEMENT", 1.01)
+    save_with_wrong_activation_scale(monkeypatch)
     _one_line_error(_run(checkpoint("bert"), "-o", tmp_path / "o4"), "nothing was written")
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
 

@@ -16,6 +16,7 @@ from export_support import (
     hand_bops_tiny_bert,
     nodes_by_module,
     read_json,
+    save_with_wrong_activation_scale,
     tokenize,
     tree_bytes,
 )
@@ -25,7 +26,6 @@ from blora_export import runtime
 from blora_export.atomic import OutputExistsError
 from blora_export.checkpoint import CheckpointError, load_checkpoint
 from blora_export.export import pipeline
-from blora_export.export import verify as verify_module
 from blora_export.export.pipeline import CompressOptions, compress
 from blora_export.export.plan import KERNEL_INTEGER
 from blora_export.export.verify import RTOL, VerificationError
@@ -112,10 +112,12 @@ def test_graph_holds_the_planned_representation(model_type, profile):
             act = produced.get(node.input[0])
             if lp.act.mode == "qdq":
                 q_node = produced[act.input[0]]
-                assert (act.op_type, q_node.op_type, produced[q_node.input[0]].op_type) == \
-                    ("DequantizeLinear", "QuantizeLinear", "Clip")
-                zp_type = _init(graph, q_node.input[2]).data_type
-                assert zp_type == (TensorProto.INT8 if lp.act.signed else TensorProto.UINT8)
+                assert (act.op_type, q_node.op_type) == ("DequantizeLinear", "QuantizeLinear")
+                before = produced.get(q_node.input[0])
+                assert (before is not None and before.op_type == "Clip") == lp.act.clips
+                zp = _init(graph, q_node.input[2])
+                assert zp.data_type == (TensorProto.INT8 if lp.act.signed else TensorProto.UINT8)
+                assert onnx.numpy_helper.to_array(zp).item() == lp.act.zero_point
             elif lp.act.mode == "round":
                 assert act.op_type == "Mul" and produced[act.input[0]].op_type == "Round"
             else:  # float: no quantizer in front
@@ -123,7 +125,7 @@ def test_graph_holds_the_planned_representation(model_type, profile):
                 assert act is None or not any(produced.get(i) is not None and produced[i].op_type == "Round"
                                               for i in act.input)
     containers = {lp.weight.container for lp in result.plan.linears}
-    assert {"int16", "fp32", "uint8"} <= containers
+    assert {"int16", "fp32", "int8"} <= containers
     assert ({"int8"} if profile == "speed" else {"int4", "int2"}) <= containers
     consumers = {}
     for n in graph.node:
@@ -161,7 +163,7 @@ def test_audit_bops_equal_a_hand_computation():
     for name in ("model.onnx", "audit.json", "audit.md", "audit.png", "deploy.json", "tokenizer.json"):
         assert (out / name).is_file()
     assert audit["size"]["onnx_bytes"] < audit["size"]["fp32_onnx_bytes"]
-    assert "| bert.encoder.layer.0.attention.self.query | linear | 4/4 | 8 | uint8 |" in (out / "audit.md").read_text()
+    assert "| bert.encoder.layer.0.attention.self.query | linear | 4/4 | 8 | int8 |" in (out / "audit.md").read_text()
     assert (out / "audit.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -200,7 +202,7 @@ def test_lora_and_qat_checkpoints_export(model_type, method, profile):
         assert result.audit.to_dict()["totals"]["whole_model"]["reduction"] == 0.0
     else:
         quantized = [r for r in rows if r["name"] in result.plan.quantized]
-        assert all((r["w_bits"], r["a_bits"], r["container"]) == (8, 8, "uint8") for r in quantized)
+        assert all((r["w_bits"], r["a_bits"], r["container"]) == (8, 8, "int8") for r in quantized)
         assert result.audit.to_dict()["runtime_kernels"]["integer_products_found"] == 12
 
 
@@ -217,9 +219,9 @@ def _siblings(directory: Path) -> list[str]:
 
 
 def test_failed_verification_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(verify_module, "MIN_AGREEMENT", 1.01)  # nothing can pass
+    save_with_wrong_activation_scale(monkeypatch)
     out = tmp_path / "out"
-    with pytest.raises(VerificationError, match="agrees with PyTorch"):
+    with pytest.raises(VerificationError, match="differs from the integer-exact reference"):
         compress(checkpoint("bert"), out, CompressOptions(timing_runs=0))
     assert not out.exists() and _siblings(out) == []
 

@@ -17,8 +17,8 @@ def _load(model_type="bert", method="blora"):
     return load_checkpoint(checkpoint(model_type, method))
 
 
-def _plan(model, meta, profile="speed", opset=None):
-    return make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method, profile, opset)
+def _plan(model, meta, profile="speed", opset=None, kernel="fast"):
+    return make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method, profile, opset, kernel)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_speed_profile_containers(bert):
     plan = _plan(model, meta, "speed")
     assert plan.opset == 25  # a weight-only 2-bit layer is stored as packed int2
     rep = _representations(plan, meta)
-    assert rep[(8, 8)] == ("uint8", 128, "dq", "qdq", KERNEL_INTEGER)  # exact u8u8 kernel on AVX2
-    assert rep[(8, 4)] == ("uint8", 128, "dq", "qdq", KERNEL_INTEGER)
+    assert rep[(8, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)  # the fast u8s8 kernel (default)
+    assert rep[(8, 4)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
     assert rep[(4, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
     assert rep[(2, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
     assert rep[(4, 4)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
@@ -78,8 +78,16 @@ def test_speed_profile_containers(bert):
     assert rep[(2, 32)] == ("int2", 0, "cast", "float", KERNEL_FOLDED)
     assert rep[(8, 32)] == ("int8", 0, "cast", "float", KERNEL_FOLDED)
     assert rep[(32, 32)] == ("fp32", 0, "float", "float", KERNEL_FLOAT)
-    unsigned = [lp for lp in plan.linears if lp.act.mode == "qdq" and not lp.act.signed]
-    assert len(unsigned) == 1 and unsigned[0].act.container == "uint8"
+    qdq = [lp.act for lp in plan.linears if lp.act.mode == "qdq"]
+    symmetric = [a for a in qdq if a.signed]
+    assert len(symmetric) == 1 and symmetric[0].container == "int8" and symmetric[0].zero_point == 0
+    affine = [a for a in qdq if not a.signed]
+    assert all(a.container == "uint8" for a in affine)
+    assert any(a.zero_point > 0 for a in affine) and any(a.zero_point == 0 for a in affine)  # from zero: GELU
+    assert all(a.clips == (a.bits == 4) for a in affine) and all(a.clips for a in symmetric)
+    exact = _representations(_plan(model, meta, "speed", kernel="exact"), meta)
+    assert exact[(8, 8)] == ("uint8", 128, "dq", "qdq", KERNEL_INTEGER)  # the u8u8 kernel, exact on any CPU
+    assert exact[(4, 8)] == rep[(4, 8)]  # 4-bit codes are exact with every kernel: unchanged
 
 
 def test_size_profile_packs_sub_byte_weights_and_opset_21_falls_back_to_int4(bert):
@@ -87,7 +95,7 @@ def test_size_profile_packs_sub_byte_weights_and_opset_21_falls_back_to_int4(ber
     rep = _representations(_plan(model, meta, "size"), meta)
     assert rep[(4, 8)][:3] == ("int4", 0, "cast") and rep[(2, 8)][:3] == ("int2", 0, "cast")
     assert rep[(4, 4)][:3] == ("int4", 0, "cast")
-    assert rep[(8, 8)] == ("uint8", 128, "dq", "qdq", KERNEL_INTEGER)  # 8 bits: int8 is already the smallest
+    assert rep[(8, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)  # 8 bits: int8 is already the smallest
     rep21 = _representations(_plan(model, meta, "size", opset=21), meta)
     assert rep21[(2, 8)][0] == "int4" and rep21[(2, 32)][0] == "int4"
     with pytest.raises(PlanError, match="opset 20"):
@@ -105,7 +113,7 @@ def test_lora_and_qat_plans():
     assert all(e.container == "fp32" for e in plan.embeddings)
     model, meta = _load("bert", "qat")
     plan = _plan(model, meta)
-    assert all((lp.weight.bits, lp.act.bits, lp.weight.container, lp.kernel) == (8, 8, "uint8", KERNEL_INTEGER)
+    assert all((lp.weight.bits, lp.act.bits, lp.weight.container, lp.kernel) == (8, 8, "int8", KERNEL_INTEGER)
                for lp in plan.linears if lp.role == "quantized")
 
 

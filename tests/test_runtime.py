@@ -6,12 +6,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from export_support import checkpoint, compressed, tokenize
 
 from blora_export import runtime
 from blora_export.checkpoint import load_checkpoint, read_validation
-from blora_export.export.verify import RTOL
+from blora_export.export.plan import make_plan
+from blora_export.export.reference import integer_exact
+from blora_export.export.verify import compare, noise_floor, torch_logits
+
+
+def plan_of(model, meta):
+    return make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method)
 
 PLAIN_DEPLOYMENT = r"""
 import json, sys
@@ -38,12 +43,14 @@ def test_predictor_matches_the_pytorch_checkpoint(model_type):
     texts = [ex["text"] for ex in read_validation(checkpoint(model_type))]
     predictions = predictor.predict(texts)
     model, meta = load_checkpoint(checkpoint(model_type))
-    with torch.no_grad():
-        batch = tokenize(predictor.tokenizer, texts, predictor.input_names)
-        reference = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.numpy()
+    batches = [tokenize(predictor.tokenizer, texts, predictor.input_names)]
+    # the rule compress verifies with: the integer-exact reference, within 4x its own float32 noise
+    with integer_exact(model, plan_of(model, meta)) as reference_model:
+        reference = torch_logits(reference_model, batches)
+        noise = noise_floor(reference_model, batches, reference, meta.problem_type)
     got = np.array([p["logits"] for p in predictions])
-    assert np.abs(got - reference).max() <= RTOL * max(1.0, np.abs(reference).max())
-    assert [p["label"] for p in predictions] == [meta.labels[i] for i in reference.argmax(-1)]
+    assert compare(reference, got, meta.problem_type, noise=noise).within_tolerance
+    assert [p["label"] for p in predictions] == [meta.labels[i] for i in got.argmax(-1)]
     assert {p["label"] for p in predictions} == {"negative", "positive"}
     assert all(0.5 <= p["score"] <= 1.0 for p in predictions)
     assert predictor.input_names == json.loads((out / "deploy.json").read_text())["input_names"]

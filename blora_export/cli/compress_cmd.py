@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..export.options import PROFILES, CompressOptions
+from ..export.options import KERNELS, PROFILES, CompressOptions
 from . import main
 from .errors import user_errors
 
@@ -16,13 +16,17 @@ from .errors import user_errors
 @click.option("--profile", type=click.Choice(PROFILES), default=CompressOptions.profile, show_default=True,
               help="speed: 2/4-bit weights behind 4/8-bit activations sit in int8 containers so onnxruntime runs "
                    "integer kernels. size: they are packed int4/int2 (smallest file, fp32 kernels).")
+@click.option("--kernel", type=click.Choice(KERNELS), default=CompressOptions.kernel, show_default=True,
+              help="8-bit weights: fast (int8 codes, onnxruntime's u8s8 kernel: exact on CPUs with VNNI or ARM dot "
+                   "products; on AVX2-only x86 it can saturate large products) or exact (uint8 codes with zero "
+                   "point 128, the u8u8 kernel: exact everywhere, slower).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Sequence length T at which MACs and BOPs are audited. [default: the checkpoint's, e.g. 128]")
 @click.option("--opset", type=click.IntRange(21, 25), default=None,
               help="ONNX opset of the output. [default: 21, or 25 when packed int2 weights are used]")
 @click.option("--verify/--no-verify", default=CompressOptions.verify, show_default=True,
-              help="Compare onnxruntime with the PyTorch model on validation inputs; fail (writing nothing) if "
-                   "predictions agree on fewer than 99% of them.")
+              help="Compare onnxruntime with the integer-exact PyTorch reference on validation inputs; fail "
+                   "(writing nothing) if its logits leave the reference's own float32 noise (x4).")
 @click.option("--validation-file", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="JSON lines with 'text' (and 'text_pair') to verify on, instead of the checkpoint's "
                    "validation.jsonl.")
@@ -33,8 +37,8 @@ from .errors import user_errors
                    "(per-module ranks and alphas, head in modules_to_save): load it with "
                    "peft.PeftModel.from_pretrained(base_model, 'OUTPUT_DIR/peft_adapter').")
 @user_errors
-def compress_cmd(ckpt: str, output_dir: str, profile: str, seq_len: int | None, opset: int | None, verify: bool,
-                 validation_file: str | None, overwrite: bool, trust_remote_code: bool,
+def compress_cmd(ckpt: str, output_dir: str, profile: str, kernel: str, seq_len: int | None, opset: int | None,
+                 verify: bool, validation_file: str | None, overwrite: bool, trust_remote_code: bool,
                  peft_adapter: bool = False) -> None:
     """Export the trained checkpoint CKPT to a quantized ONNX model in OUTPUT_DIR.
 
@@ -45,7 +49,7 @@ def compress_cmd(ckpt: str, output_dir: str, profile: str, seq_len: int | None, 
     """
     from ..export.pipeline import compress
 
-    options = CompressOptions(profile=profile, seq_len=seq_len, opset=opset, verify=verify,
+    options = CompressOptions(profile=profile, kernel=kernel, seq_len=seq_len, opset=opset, verify=verify,
                               overwrite=overwrite, validation_file=validation_file,
                               trust_remote_code=trust_remote_code, peft_adapter=peft_adapter)
     result = compress(ckpt, output_dir, options, log=lambda msg: click.echo(msg, err=True))

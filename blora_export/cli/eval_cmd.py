@@ -13,8 +13,8 @@ from .errors import user_errors
 
 @main.command("eval")
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--task", required=True, help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or "
-                                            "'classification' (labels named as in the model).")
+@click.option("--task", required=True, help="GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, mnli-mm, qnli, rte, "
+              "wnli) or 'classification' (labels named as in the model).")
 @click.option("--data-dir", type=click.Path(path_type=str), help="Directory in the GLUE layout: its dev file "
               "(dev.tsv; MNLI: dev_matched.tsv; 'classification': dev.* or validation.*) is evaluated.")
 @click.option("--validation-file", type=click.Path(path_type=str), help="Validation file (.csv, .tsv, .json, "

@@ -115,7 +115,7 @@ class LayerRecord(_Record):
 
     OMIT_IF_NONE = ("kernel", "adapter_macs")
     name: str
-    kind: str  # "linear" | "attention"
+    kind: str  # "linear" | "attention" | "adapter" (a product of an adapter shipped unmerged)
     macs: int
     w_bits: int
     a_bits: int
@@ -194,11 +194,15 @@ class Agreement(_Record):
     noise_agreement: float = 1.0
     accuracy_onnx: float | None = None
     accuracy_torch: float | None = None
+    mean_abs_diff: float = 0.0  # the mean over inputs of each input's largest difference
+    mean_tolerance: float = 0.0
+    noise_mean: float = 0.0
 
     def rounded(self) -> Agreement:
         """Differences to 4 significant digits: stable bytes in audit.json."""
         four = {k: float(f"{getattr(self, k):.4g}") for k in ("max_abs_diff", "max_rel_diff", "tolerance",
-                                                              "noise_floor")}
+                                                              "noise_floor", "mean_abs_diff", "mean_tolerance",
+                                                              "noise_mean")}
         return dataclasses.replace(self, **four)
 
 

@@ -58,13 +58,27 @@ class GraphAudit:
     seq_len: int
     products: list[ProductRecord]
 
-    @property
-    def linear_layers(self) -> dict[str, list[ProductRecord]]:
+    def _layers(self, adapter: bool) -> dict[str, list[ProductRecord]]:
         out: dict[str, list[ProductRecord]] = {}
         for r in self.products:
-            if r.kind == "linear":
+            if r.kind == "linear" and (r.meta.get("role") == "adapter") == adapter:
                 out.setdefault(r.layer, []).append(r)
         return out
+
+    @property
+    def linear_layers(self) -> dict[str, list[ProductRecord]]:
+        """The model's Linears (an unmerged adapter's products are not among them)."""
+        return self._layers(adapter=False)
+
+    @property
+    def adapter_products(self) -> dict[str, list[ProductRecord]]:
+        """The products of adapters shipped unmerged (`<layer>.lora_A`, `<layer>.lora_B`): they cost BOPs, but
+        the fp32 reference stays the base model's, as in training's cost model."""
+        return self._layers(adapter=True)
+
+    def branches(self) -> dict[str, tuple[int, int, int]]:
+        return {name: (sum(r.macs for r in recs), recs[0].weight.bits, recs[0].act.bits)
+                for name, recs in self.adapter_products.items()}
 
     @property
     def attention_macs(self) -> int:
@@ -88,7 +102,7 @@ class GraphAudit:
         """bops.totals over the graph's Linears; activation-activation products (attention) are counted at the
         widths the graph gives them (32 x 32 in this exporter's graphs, as training counts them; 8 x 8 where
         e.g. onnxruntime's quantize_static quantized them)."""
-        out = totals(self.mac_profile(), self.widths())
+        out = totals(self.mac_profile(), self.widths(), self.branches())
         quantized_attention = sum(bops(r.macs, r.weight.bits, r.act.bits) - bops(r.macs, FP32, FP32)
                                   for r in self.products if r.kind == "attention")
         if quantized_attention:
@@ -98,9 +112,10 @@ class GraphAudit:
         return out
 
     def layer_rows(self) -> list[dict]:
-        """One row per linear layer (calls summed) and per attention product, in graph order."""
+        """One row per linear layer and unmerged adapter product (calls summed) and per attention product, in
+        graph order."""
         rows, seen = [], set()
-        layers = self.linear_layers
+        layers = {**self.linear_layers, **self.adapter_products}
         for r in self.products:
             if r.kind == "attention":
                 rows.append({"name": r.node, "kind": "attention", "macs": r.macs, "w_bits": r.weight.bits,
@@ -115,7 +130,8 @@ class GraphAudit:
             macs = sum(x.macs for x in recs)
             rank = r.meta.get("rank")
             max_rank = r.meta.get("max_rank")
-            rows.append({"name": r.layer, "kind": "linear", "macs": macs, "w_bits": r.weight.bits,
+            rows.append({"name": r.layer, "kind": "adapter" if r.meta.get("role") == "adapter" else "linear",
+                         "macs": macs, "w_bits": r.weight.bits,
                          "a_bits": r.act.bits, "container": r.weight.container, "a_container": r.act.container,
                          "rank": int(rank) if rank else None, "max_rank": int(max_rank) if max_rank else None,
                          "calls": len(recs), "bops": bops(macs, r.weight.bits, r.act.bits)})

@@ -131,14 +131,16 @@ def _through(idx: _GraphIndex, name: str):
 
 
 def _clip_bits(idx: _GraphIndex, clip_node, scale: float | None) -> int | None:
-    """Width implied by Clip(lo, hi) bounds over the step `scale`: the code range round(lo/s)..round(hi/s)."""
+    """Width implied by Clip(lo, hi) bounds over the step `scale`: the code span round(lo/s)..round(hi/s) of an
+    affine or symmetric grid needs the smallest b with hi - lo <= 2^b - 1."""
     if clip_node is None or clip_node.op_type != "Clip" or not scale:
         return None
     lo = idx.scalar(clip_node.input[1]) if len(clip_node.input) > 1 and clip_node.input[1] else None
     hi = idx.scalar(clip_node.input[2]) if len(clip_node.input) > 2 and clip_node.input[2] else None
     if lo is None or hi is None:
         return None
-    return _bits_for_codes(np.array([round(lo / scale), round(hi / scale)]))
+    span = round(hi / scale) - round(lo / scale)
+    return next((b for b in WIDTHS[:-1] if span <= 2**b - 1), FP32)
 
 
 def _weight_operand(idx: _GraphIndex, node, operand: int) -> tuple[Operand, str]:

@@ -2,9 +2,9 @@
 
 W = W0 + lora.lora_delta(A[kept], B[:, kept], E[kept]), the formula training's GatedLoRALinear.merged_weight
 evaluates (the deterministic gates of kept ranks are exactly 1, pruned ones exactly 0),
-then snapped with THE quantize function training uses (ste.quantize_codes on the weight clamped to its range,
-as the residual quantizer does). The result is a plain transformers model with nn.Linear / nn.Embedding modules holding
-the snapped values: what torch.onnx exports before the Q/DQ pass.
+then snapped with THE quantize function training uses (ste.quantize_codes on the learned grid). The result is
+a plain transformers model with nn.Linear / nn.Embedding modules holding the snapped values: what torch.onnx
+exports before the Q/DQ pass.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from ..inject import replace_wrappers
-from ..lora import kept_components, lora_delta
-from ..residual_quant import bounds
-from ..ste import FLOAT_BITS, clamp_range, quantize_codes
+from ..lora import kept_components, lora_delta, lora_factors
+from ..ste import FLOAT_BITS, quantize_codes
 from .plan import CompressionPlan, EmbeddingPlan, LinearPlan, WeightPlan
 
 
@@ -36,6 +35,24 @@ class Merged:
     model: nn.Module
     linears: dict[str, MergedTensor] = field(default_factory=dict)
     embeddings: dict[str, MergedTensor] = field(default_factory=dict)
+    # unmerged adapters: layer -> (A[kept], scaling * B[:, kept] diag(E[kept])), the fp32 branch's two weights
+    branches: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+class UnmergedAdapterLinear(nn.Module):
+    """The snapped W0 and, beside it on the same input, the kept adapter as an fp32 branch: what a shared base
+    with a separately shipped adapter computes (GatedLoRALinear's unmerged forward at the test-time gates)."""
+
+    def __init__(self, linear: nn.Linear, lora_a: torch.Tensor, scaled_b: torch.Tensor):
+        super().__init__()
+        self.linear = linear
+        self.lora_A = nn.Linear(lora_a.shape[1], lora_a.shape[0], bias=False)
+        self.lora_A.weight = nn.Parameter(lora_a.detach().clone(), requires_grad=False)
+        self.lora_B = nn.Linear(scaled_b.shape[1], scaled_b.shape[0], bias=False)
+        self.lora_B.weight = nn.Parameter(scaled_b.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.lora_B(self.lora_A(x))
 
 
 def merge_weight(w0: torch.Tensor, lora_a: torch.Tensor | None, lora_b: torch.Tensor | None,
@@ -50,23 +67,23 @@ def _column(values: tuple[float, ...]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).reshape(-1, 1)
 
 
-def snap(w: torch.Tensor, bits: int, signed: bool, scale: tuple[float, ...],
-         beta: tuple[float, ...]) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """(integer codes, codes * scale) on the learned grid; 32 bits: (None, w)."""
+def snap(w: torch.Tensor, bits: int, signed: bool, scale: tuple[float, ...]) -> tuple[torch.Tensor | None,
+                                                                                        torch.Tensor]:
+    """(integer codes, codes * scale) on the learned symmetric grid (training's quantize function); 32 bits:
+    (None, w)."""
     if bits >= FLOAT_BITS:
         return None, w
     s = _column(scale)
-    low, high, _ = bounds(_column(beta), signed)
-    codes = quantize_codes(clamp_range(w, low, high), s, bits, signed)
+    codes = quantize_codes(w, s, bits, signed)
     return codes, codes * s
 
 
 def snap_weight(w: torch.Tensor, plan: WeightPlan) -> tuple[torch.Tensor | None, torch.Tensor]:
-    return snap(w, plan.bits, plan.signed, plan.scale, plan.beta)
+    return snap(w, plan.bits, plan.signed, plan.scale)
 
 
 def snap_embedding(w: torch.Tensor, plan: EmbeddingPlan) -> tuple[torch.Tensor | None, torch.Tensor]:
-    return snap(w, plan.bits, True, plan.scale, plan.beta)
+    return snap(w, plan.bits, True, plan.scale)
 
 
 def _to_numpy(codes: torch.Tensor | None, values: torch.Tensor) -> MergedTensor:
@@ -74,16 +91,22 @@ def _to_numpy(codes: torch.Tensor | None, values: torch.Tensor) -> MergedTensor:
     return MergedTensor(values.detach().numpy().astype(np.float32), np_codes)
 
 
-def _plain_linear(wrapper: nn.Module, lp: LinearPlan, merged: Merged) -> nn.Linear:
+def _plain_linear(wrapper: nn.Module, lp: LinearPlan, merged: Merged) -> nn.Module:
     base = wrapper.base
     lora = (wrapper.lora_A, wrapper.lora_B, wrapper.lora_E) if lp.max_rank else (None, None, None)
-    codes, values = snap_weight(merge_weight(base.weight, *lora, lp), lp.weight)
+    w = base.weight if lp.unmerged else merge_weight(base.weight, *lora, lp)
+    codes, values = snap_weight(w, lp.weight)
     linear = nn.Linear(lp.d_in, lp.d_out, bias=lp.has_bias)
     linear.weight = nn.Parameter(values.clone(), requires_grad=False)
     if lp.has_bias:
         linear.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=False)
     merged.linears[lp.name] = _to_numpy(codes, values)
-    return linear
+    if not lp.unmerged:
+        return linear
+    folded_b, a = lora_factors(*kept_components(*lora, lp.kept))
+    scaled_b = folded_b * lp.scaling
+    merged.branches[lp.name] = (a.detach().numpy().astype(np.float32), scaled_b.detach().numpy().astype(np.float32))
+    return UnmergedAdapterLinear(linear, a, scaled_b)
 
 
 def _plain_embedding(wrapper: nn.Module, ep: EmbeddingPlan, merged: Merged) -> nn.Embedding:

@@ -70,6 +70,10 @@ def cross_check(graph: GraphAudit, plan: CompressionPlan) -> None:
             errors.append(f"{lp.name}: {macs} MACs in the graph, {lp.macs} in the MAC profile")
         if widths != (lp.weight.bits, lp.act.bits):
             errors.append(f"{lp.name}: widths {widths} in the graph, {(lp.weight.bits, lp.act.bits)} planned")
+    branches = {name: product for lp in plan.linears for name, product in lp.branch_products().items()}
+    if graph.branches() != branches:
+        errors.append(f"unmerged adapter products (MACs, widths): {sorted(graph.branches().items())[:2]} in the "
+                      f"graph, {sorted(branches.items())[:2]} planned")
     extra = sorted(set(layers) - {lp.name for lp in plan.linears})
     if extra:
         errors.append(f"the graph has weight products the plan does not know: {extra[:3]}")
@@ -182,7 +186,7 @@ def _plan(loaded: _Loaded, options: CompressOptions, log: Callable[[str], None])
     profile = mac_profile_at(loaded.model, loaded.meta.profile, seq_len)
     meta = loaded.meta
     plan = make_plan(loaded.model, meta.quantized, meta.adapted, profile, meta.config.method, options.profile,
-                     options.opset)
+                     options.opset, options.kernel)
     log(f"plan: {len(plan.quantized)} quantized Linears ({len(plan.adapted)} adapted), profile {plan.profile}, "
         f"opset {plan.opset}")
     return plan
@@ -212,8 +216,8 @@ def _audit(model_path: Path, loaded: _Loaded, plan: CompressionPlan, exported: _
     log(f"auditing BOPs from the graph at T = {plan.seq_len}")
     graph = audit_graph(model_path, plan.seq_len)
     cross_check(graph, plan)
-    verify = verify_export(model_path, loaded.model, loaded.tokenizer, loaded.examples, exported.input_names, meta,
-                           log) if options.verify else Verification()
+    verify = verify_export(model_path, loaded.model, plan, loaded.tokenizer, loaded.examples, exported.input_names,
+                           meta, log) if options.verify else Verification()
     onnx_bytes = model_path.stat().st_size
     size = Size(onnx_bytes, len(exported.float_bytes), round(onnx_bytes / len(exported.float_bytes), 4))
     return build_audit(

@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..ste import FLOAT_BITS
 from .merge import Merged
 from .onnx_export import ExportError
 from .plan import CompressionPlan, EmbeddingPlan, LinearPlan
@@ -140,7 +141,7 @@ class _Graph:
         g.initializer.extend(alive)
 
 
-def _sites(g: _Graph, plan: LinearPlan, weight: np.ndarray) -> list[tuple]:
+def _sites(g: _Graph, name: str, weight: np.ndarray) -> list[tuple]:
     """(node, weight input index, layout) for every MatMul/Gemm that uses this Linear's weight.
 
     layout "kn": the graph holds W^T (MatMul, Gemm transB=0); "nk": W itself (Gemm transB=1).
@@ -155,14 +156,14 @@ def _sites(g: _Graph, plan: LinearPlan, weight: np.ndarray) -> list[tuple]:
                     trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
                     trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
                     if trans_a:
-                        raise GraphPassError(f"{plan.name}: Gemm with transA=1 is not supported")
+                        raise GraphPassError(f"{name}: Gemm with transA=1 is not supported")
                     if (layout == "nk") == bool(trans_b):
                         found.append((node, idx, layout))
     return found
 
 
 def _claim_sites(g: _Graph, plan: CompressionPlan, merged: Merged) -> dict[str, list[tuple]]:
-    sites = {lp.name: _sites(g, lp, merged.linears[lp.name].values) for lp in plan.linears}
+    sites = {lp.name: _sites(g, lp.name, merged.linears[lp.name].values) for lp in plan.linears}
     owners: dict[int, list[str]] = defaultdict(list)
     nodes = {}
     for name, found in sites.items():
@@ -220,10 +221,10 @@ def _weight_tensor(g: _Graph, lp: LinearPlan, merged: Merged, layout: str) -> st
 def _activation_chain(g: _Graph, lp: LinearPlan, node, input_index: int, call: int, shared: dict) -> None:
     """The activation quantizer in front of one call's input, reproducing training's quantize function.
 
-    qdq:   Clip -> QuantizeLinear -> DequantizeLinear (8-bit container, zero point 0)
+    qdq:   [Clip] -> QuantizeLinear -> DequantizeLinear (8-bit container, the trained zero point)
     round: Clip -> Div -> Round -> Mul (16 bits, float ops)
-    The Clip bounds are the code range ends times the step: QuantizeLinear alone would saturate to [-128, 127]
-    where training's restricted range is [-127, 127], and float rounding would not clip at all.
+    The Clip bounds are the ends of training's code range, (qmin - z) s and (qmax - z) s: it is left out where
+    QuantizeLinear's own saturation is that range (an 8-bit affine grid).
     """
     from onnx import helper
 
@@ -233,21 +234,27 @@ def _activation_chain(g: _Graph, lp: LinearPlan, node, input_index: int, call: i
         qmin, qmax = ap.code_range
         scale = np.float32(ap.scale)
         shared["scale"] = g.add_init(_float_initializer(scale, base + "_scale"))
-        shared["low"] = g.add_init(_float_initializer(np.float32(qmin) * scale, base + "_low"))
-        shared["high"] = g.add_init(_float_initializer(np.float32(qmax) * scale, base + "_high"))
+        if ap.clips:
+            shared["low"] = g.add_init(_float_initializer(np.float32(qmin - ap.zero_point) * scale, base + "_low"))
+            shared["high"] = g.add_init(_float_initializer(np.float32(qmax - ap.zero_point) * scale,
+                                                           base + "_high"))
         if ap.qdq:
-            shared["zp"] = g.add_init(integer_initializer(np.array(0), ap.container, base + "_zero_point"))
+            shared["zp"] = g.add_init(integer_initializer(np.array(ap.zero_point), ap.container,
+                                                          base + "_zero_point"))
     suffix = "" if call == 0 else f"_{call}"
     x = node.input[input_index]
-    clip = f"{base}_clip{suffix}"
-    nodes = [helper.make_node("Clip", [x, shared["low"], shared["high"]], [clip], clip)]
+    nodes = []
+    if ap.clips:
+        clip = f"{base}_clip{suffix}"
+        nodes.append(helper.make_node("Clip", [x, shared["low"], shared["high"]], [clip], clip))
+        x = clip
     if ap.qdq:
         q, out = f"{base}_q{suffix}", f"{base}_dq{suffix}"
-        nodes.append(helper.make_node("QuantizeLinear", [clip, shared["scale"], shared["zp"]], [q], q))
+        nodes.append(helper.make_node("QuantizeLinear", [x, shared["scale"], shared["zp"]], [q], q))
         nodes.append(helper.make_node("DequantizeLinear", [q, shared["scale"], shared["zp"]], [out], out))
     else:
         div, rnd, out = f"{base}_div{suffix}", f"{base}_round{suffix}", f"{base}_rounded{suffix}"
-        nodes.append(helper.make_node("Div", [clip, shared["scale"]], [div], div))
+        nodes.append(helper.make_node("Div", [x, shared["scale"]], [div], div))
         nodes.append(helper.make_node("Round", [div], [rnd], rnd))
         nodes.append(helper.make_node("Mul", [rnd, shared["scale"]], [out], out))
     g.before[id(node)].extend(nodes)
@@ -259,6 +266,21 @@ def _linear_metadata(lp: LinearPlan) -> dict:
             "w_container": lp.weight.container, "a_container": lp.act.container,
             "rank": lp.rank if lp.max_rank else None, "max_rank": lp.max_rank or None,
             "adapted": int(lp.adapted)}
+
+
+def _branch(g: _Graph, lp: LinearPlan, merged: Merged, raw_input: str, quantized_input: str) -> None:
+    """An unmerged adapter's two fp32 products: x A^T reads the same quantized input as the main product (as in
+    training), and both carry their layer names for the audit (role "adapter")."""
+    a, scaled_b = merged.branches[lp.name]
+    for part, weight in (("lora_A", a), ("lora_B", scaled_b)):
+        found = _sites(g, f"{lp.name}.{part}", weight)
+        if not found:
+            raise GraphPassError(f"the {part} product of {lp.name}'s unmerged adapter was not found in the graph")
+        for node, _, _ in found:
+            if part == "lora_A" and node.input[0] == raw_input:
+                node.input[0] = quantized_input
+            set_metadata(node, {"module": f"{lp.name}.{part}", "role": "adapter", "w_bits": FLOAT_BITS,
+                                "a_bits": lp.act.bits if part == "lora_A" else FLOAT_BITS, "rank": lp.rank})
 
 
 def _embedding(g: _Graph, ep: EmbeddingPlan, merged: Merged) -> None:
@@ -314,8 +336,11 @@ def quantize_graph(proto, plan: CompressionPlan, merged: Merged):
             if layout not in weights:
                 weights[layout] = _weight_tensor(g, lp, merged, layout)
             node.input[idx] = weights[layout]
+            raw_input = node.input[0]
             if lp.act.mode != "float":
                 _activation_chain(g, lp, node, 0, call, shared)
+            if lp.unmerged:
+                _branch(g, lp, merged, raw_input, node.input[0])
             set_metadata(node, _linear_metadata(lp))
     for ep in plan.embeddings:
         _embedding(g, ep, merged)

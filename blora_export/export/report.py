@@ -18,20 +18,27 @@ def notes(plan, graph) -> list[str]:
              "(the same quantize function as training): a merged adapter adds no MACs.",
              "Pooler, classifier, LayerNorm and softmax stay fp32; biases stay fp32 (onnxruntime fuses the 3-D "
              "MatMul into MatMulIntegerToFloat and keeps the float bias Add exact)."]
-    if any(p.act.mode == "qdq" for p in lp):
-        out.append("4/8-bit activations: Clip -> QuantizeLinear -> DequantizeLinear (int8, or uint8 when the "
-                     "learned range is unsigned; zero point 0). The Clip keeps codes in training's restricted "
-                     "range [-(2^(b-1)-1), 2^(b-1)-1]; QuantizeLinear alone would give -128 to inputs below the "
-                     "learned range, where training gives -127.")
+    if any(p.act.mode == "qdq" and not p.act.signed for p in lp):
+        out.append("4/8-bit activations: QuantizeLinear -> DequantizeLinear in uint8 with the trained zero point "
+                   "(an affine grid fitted to the input's range), exactly training's quantize function; a Clip in "
+                   "front keeps 4-bit codes in their range (8-bit codes saturate as QuantizeLinear does).")
+    if any(p.act.mode == "qdq" and p.act.signed for p in lp):
+        out.append("Symmetric 4/8-bit activations: Clip -> QuantizeLinear -> DequantizeLinear (int8, zero point 0). "
+                   "The Clip keeps codes in training's restricted range [-(2^(b-1)-1), 2^(b-1)-1]; QuantizeLinear "
+                   "alone would give -128 to inputs below the learned range, where training gives -127.")
     if any(p.act.mode == "round" for p in lp):
         out.append("16-bit activations stay float in the graph (int16 Q/DQ would not run faster): their learned "
-                     "range clip and 16-bit rounding are applied with float ops (Clip -> Div -> Round -> Mul), "
-                     "exactly as in training, and the product runs as an fp32 MatMul.")
+                   "range clip and 16-bit rounding are applied with float ops (Clip -> Div -> Round -> Mul), "
+                   "exactly as in training, and the product runs as an fp32 MatMul.")
     if any(p.weight.zero_point == 128 for p in lp):
-        out.append("Signed 8-bit weights are stored as uint8 with zero point 128 (codes unchanged): onnxruntime "
-                     "then runs its u8u8 kernel, exact on AVX2 CPUs without VNNI where int8 weights with |q| > 63 "
-                     "saturate the default u8s8 kernel - no session option needed. 4-/2-bit codes in int8 "
-                     "containers (|q| <= 7) are exact with every kernel.")
+        out.append("Signed 8-bit weights are stored as uint8 with zero point 128 (--kernel exact; codes "
+                   "unchanged): onnxruntime then runs its u8u8 kernel, exact on every CPU.")
+    if any(p.weight.bits == 8 and p.weight.container == "int8" and p.weight.delivery == "dq" for p in lp):
+        out.append("8-bit weights are int8 codes on onnxruntime's u8s8 integer kernel (--kernel fast): exact on CPUs "
+                   "with VNNI (AVX512-VNNI, AVX-VNNI) or ARM dot products. On AVX2-only x86 CPUs that kernel adds "
+                   "pairs of products in 16 bits and saturates when large weight codes (|q| > 63) meet large "
+                   "activation codes, as onnxruntime's quantize_dynamic does there; compress --kernel exact avoids "
+                   "it at some speed. 4-/2-bit codes in int8 containers (|q| <= 7) are exact with every kernel.")
     if any(p.weight.delivery == "cast" for p in lp):
         out.append("Weight-only layers: integer initializer (packed int4/int2, int8, int16) -> Cast -> Mul(scale),"
                      " constant-folded to fp32 by onnxruntime at load: exact values, fp32 speed, smaller file.")
@@ -77,6 +84,15 @@ def _verify_lines(verify: Verification) -> list[str]:
     return lines
 
 
+def _adapter_note(audit) -> str:
+    branch_macs = sum(r.macs for r in audit.layers if r.kind == "adapter")
+    if branch_macs:
+        return (f"The adapters ship unmerged (deploy target `adapter`): their products add "
+                f"{_fmt_int(branch_macs)} MACs, counted in the BOPs above.")
+    return (f"Adapters, if kept unmerged, would add {_fmt_int(audit.totals.unmerged_adapter_macs)} MACs; merged "
+            "they add none.")
+
+
 def markdown(audit: Audit, timings: dict | None = None) -> str:
     t, size, model, export = audit.totals, audit.size, audit.model, audit.export
     lines = [
@@ -92,7 +108,7 @@ def markdown(audit: Audit, timings: dict | None = None) -> str:
         f"{_pct(t.adapted.reduction)} |",
         "", f"Uniform W8A8 reference over the same quantizable layers: {_fmt_int(t.w8a8_reference_bops)} BOPs "
         f"(learned widths use {t.whole_model.bops / t.w8a8_reference_bops:.2f}x of it).",
-        f"Adapters, if kept unmerged, would add {_fmt_int(t.unmerged_adapter_macs)} MACs; merged they add none.",
+        _adapter_note(audit),
         "", "## Size", "",
         f"model.onnx: {_fmt_int(size.onnx_bytes)} bytes; the merged fp32 graph: "
         f"{_fmt_int(size.fp32_onnx_bytes)} bytes ({size.ratio:.3f}x).",
