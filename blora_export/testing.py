@@ -27,8 +27,21 @@ def make_tokenizer(directory: str | Path):
     return tok
 
 
+# Tiny configurations of further encoder families (tests/test_architectures.py): the common sizes plus what
+# each family needs to build (an embedding size other than the hidden size: ALBERT and ELECTRA project it).
+FAMILY_EXTRAS = {
+    "xlm-roberta": dict(pad_token_id=0), "camembert": dict(pad_token_id=0), "mpnet": dict(pad_token_id=0),
+    "electra": dict(embedding_size=16), "albert": dict(embedding_size=16),
+    "deberta": dict(relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=32,
+                    type_vocab_size=0),
+    "modernbert": dict(global_attn_every_n_layers=2, local_attention=8, pad_token_id=0, bos_token_id=2,
+                       eos_token_id=3, cls_token_id=2, sep_token_id=3),
+    "ibert": dict(pad_token_id=0),  # its Linears are its own integer modules: not supported, one clear line
+}
+
+
 def tiny_config(model_type: str = "bert", num_labels: int = 2):
-    from transformers import BertConfig, DebertaV2Config, DistilBertConfig, RobertaConfig
+    from transformers import AutoConfig, BertConfig, DebertaV2Config, DistilBertConfig, RobertaConfig
 
     common = dict(vocab_size=len(SPECIAL) + len(WORDS), max_position_embeddings=64, num_labels=num_labels)
     if model_type == "bert":
@@ -42,6 +55,9 @@ def tiny_config(model_type: str = "bert", num_labels: int = 2):
                                position_buckets=16, type_vocab_size=0, **common)
     if model_type == "distilbert":
         return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, **common)
+    if model_type in FAMILY_EXTRAS:
+        return AutoConfig.for_model(model_type, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, **FAMILY_EXTRAS[model_type], **common)
     raise ValueError(f"no tiny config for {model_type!r}")
 
 

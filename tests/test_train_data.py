@@ -128,3 +128,59 @@ def test_real_glue_files():
     rte = load(DataSpec(task="rte", data_dir=str(GLUE_ROOT / "RTE")))
     assert (len(rte.train), len(rte.validation)) == (2490, 277)
     assert sum(e.label == 0 for e in rte.train) == 1249  # entailment
+
+
+GLUE_FILES = {  # task: (directory, header, a row) as the official download writes them
+    "cola": ("CoLA", None, "gj04\t1\t\tThe book was read."),
+    "sst2": ("SST-2", "sentence\tlabel", "a fine film\t1"),
+    "mrpc": ("MRPC", "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", "1\t1\t2\tHe said.\tHe stated."),
+    "qqp": ("QQP", "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate", "0\t1\t2\tWhy?\tHow?\t0"),
+    "stsb": ("STS-B", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore",
+             "0\tg\tf\ty\t0\ts\ts\tA.\tB.\t3.8"),
+    "mnli": ("MNLI", "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tgold_label",
+             "0\t1\t2\tg\tP.\tH.\tneutral\tneutral"),
+    "qnli": ("QNLI", "index\tquestion\tsentence\tlabel", "0\tWho?\tHe.\tentailment"),
+    "rte": ("RTE", "index\tsentence1\tsentence2\tlabel", "0\tA man.\tA person.\tentailment"),
+    "wnli": ("WNLI", "index\tsentence1\tsentence2\tlabel", "0\tA.\tB.\t1"),
+}
+
+
+@pytest.mark.parametrize("task", list(GLUE_FILES))
+def test_every_glue_task_reads_files_that_start_with_a_byte_order_mark(task, tmp_path):
+    directory, header, row = GLUE_FILES[task]
+    d = tmp_path / directory
+    d.mkdir()
+    dev = ["dev_matched.tsv", "dev_mismatched.tsv"] if task == "mnli" else ["dev.tsv"]
+    for name in ["train.tsv", *dev]:
+        lines = ([header] if header else []) + [row, row]
+        (d / name).write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    data = load(_cfg(tmp_path, task, data_dir=str(d)))
+    assert len(data.train) == 2 and len(data.validation) == 2
+    assert not data.train[0].text.startswith("\ufeff")
+
+
+def test_mnli_mismatched_reads_its_own_dev_file(tmp_path):
+    d = tmp_path / "MNLI"
+    header = "index\tpromptID\tpairID\tgenre\tsentence1\tsentence2\tlabel1\tgold_label"
+    _write(d / "train.tsv", [header, "0\t1\t2\tg\tP.\tH.\tneutral\tneutral"])
+    _write(d / "dev_matched.tsv", [header, "0\t1\t2\tg\tM.\tH.\tentailment\tentailment"])
+    _write(d / "dev_mismatched.tsv", [header, "0\t1\t2\tg\tX.\tH.\tcontradiction\tcontradiction"])
+    data = load(_cfg(tmp_path, "mnli-mm", data_dir=str(d)))
+    assert data.validation[0].text == "X." and data.validation[0].label == 2
+
+
+def test_one_label_written_four_ways_is_one_label(tmp_path):
+    rows = ['{"text": "a", "label": 1}', '{"text": "b", "label": 1.0}', '{"text": "c", "label": "1"}',
+            '{"text": "d", "label": 0}']
+    path = _write(tmp_path / "train.jsonl", rows)
+    data = load(_cfg(tmp_path, "classification", train_file=str(path), validation_file=str(path)))
+    assert len(data.labels) == 2 and len({e.label for e in data.train[:3]}) == 1
+
+
+@pytest.mark.parametrize("row, fragment", [('{"text": ["a", "list"], "label": 1}', "holds list .*, not text"),
+                                           ('{"text": "a", "label": true}\n{"text": "b", "label": 0}', "bool")])
+def test_text_that_is_not_a_string_and_mixed_bool_labels_are_errors(row, fragment, tmp_path):
+    path = _write(tmp_path / "train.jsonl", [*row.splitlines(), '{"text": "z", "label": 0}',
+                                             '{"text": "y", "label": 1}'])
+    with pytest.raises(DataError, match=fragment):
+        load(_cfg(tmp_path, "classification", train_file=str(path), validation_file=str(path)))
