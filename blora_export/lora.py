@@ -127,7 +127,7 @@ class QuantizedEmbedding(nn.Module):
         self.bits = bits
         spec = QuantizerSpec(allowed=(bits,), init_bits=bits, learn=False, relative_range=False)
         self.weight_quantizer = BayesianBitsQuantizer(spec, (base.num_embeddings, 1), learn_range=False)
-        self.weight_quantizer.init_range_from(base.weight)
+        self.weight_quantizer.init_range_from(base.weight, least_error=True)
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property

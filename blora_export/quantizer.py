@@ -100,11 +100,15 @@ class BayesianBitsQuantizer(nn.Module):
         return self.grid(bits)[0]
 
     @torch.no_grad()
-    def init_range_from(self, x: torch.Tensor) -> None:
-        """Weights: a symmetric range beta = max |x| (per output channel when the range has one row per channel)."""
+    def init_range_from(self, x: torch.Tensor, least_error: bool = False) -> None:
+        """Weights: a symmetric range beta = max |x| per output channel (or per tensor); `least_error`: per row,
+        the fraction of max |x| (_CLIP_RATIOS) with the least squared error at the initial width (fixed tables,
+        whose range is never learned: clipping a few outliers buys a finer grid for the rest)."""
         self.signed.fill_(True)
         dims = tuple(range(1, x.dim()))
         absmax = x.abs().amax(dim=dims, keepdim=True) if self.log_hi.dim() else x.abs().max()
+        if least_error:
+            absmax = _least_error_range(x, absmax, self.effective_bits())
         absmax = absmax.reshape(self.log_hi.shape)
         self.set_range(-absmax, absmax)
 
@@ -190,6 +194,24 @@ class BayesianBitsQuantizer(nn.Module):
             return x
         low, high = self.range_bounds()
         return residual_fake_quantize(x, low, high, mask, bits, bool(self.signed), mask_grad)
+
+
+def _least_error_range(x: torch.Tensor, absmax: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per row of x, the symmetric range end r * absmax (r in _CLIP_RATIOS) with the least squared error."""
+    if bits >= FLOAT_BITS:
+        return absmax
+    dims = tuple(range(1, x.dim()))
+    best, best_error = absmax, None
+    for ratio in _CLIP_RATIOS:
+        beta = (absmax * ratio).clamp_min(1e-8)
+        scale, _ = grid(-beta, beta, bits, True)
+        error = ((fake_quantize(x, scale, bits, True) - x) ** 2).sum(dim=dims, keepdim=True)
+        if best_error is None:
+            best, best_error = beta, error
+        else:
+            better = error < best_error
+            best, best_error = torch.where(better, beta, best), torch.where(better, error, best_error)
+    return best
 
 
 def _mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> tuple[torch.Tensor,

@@ -174,7 +174,7 @@ def test_relative_and_absolute_ranges_start_at_the_same_grid():
     ab = calibrated(BayesianBitsQuantizer(QuantizerSpec(init_bits=8, relative_range=False)), x)
     assert [float(t.detach()) for t in rel.range_bounds()] == pytest.approx(
         [float(t.detach()) for t in ab.range_bounds()], rel=1e-6)
-    assert float(rel.reference) == pytest.approx(float(rel.range_bounds()[1]))  # the reference scale is the range
+    assert float(rel.reference) == pytest.approx(float(rel.range_bounds()[1].detach()))  # the reference scale is the range
 
 
 def test_mse_calibration_clips_outliers_maxabs_keeps_them():
@@ -234,3 +234,19 @@ def test_per_channel_weight_range():
     out = q(w)
     assert out[0, 1].item() == pytest.approx(-2.0 * 7 / 7.5, rel=1e-6)  # -beta lands on the last code, -7 * 2*2/15
     assert math.isclose(float(q.scale(4)[0]), 4 / 15, rel_tol=1e-6)
+
+
+def test_least_error_ranges_clip_heavy_tailed_rows_and_never_do_worse_than_max_abs():
+    torch.manual_seed(0)
+    table = torch.randn(50, 256)
+    # heavy-tailed rows (like word embeddings): a 4-bit grid over max |x| wastes codes on a few values
+    table[:10] = torch.distributions.Laplace(0.0, 1.0).sample((10, 256))
+    errors = []
+    for least_error in (False, True):
+        q = BayesianBitsQuantizer(QuantizerSpec(allowed=(4,), init_bits=4, learn=False, relative_range=False),
+                                  (50, 1), learn_range=False)
+        q.init_range_from(table, least_error=least_error)
+        q.eval()
+        errors.append(((q(table) - table) ** 2).sum(1))
+    plain, searched = errors
+    assert (searched <= plain + 1e-6).all() and searched[:10].sum() < 0.85 * plain[:10].sum()
