@@ -7,6 +7,7 @@ import torch
 from export_support import checkpoint
 
 from blora_export.checkpoint import load_checkpoint
+from blora_export.export import options
 from blora_export.export.merge import build_float_model, merge_weight
 from blora_export.export.plan import KERNEL_FLOAT, KERNEL_FOLDED, KERNEL_INTEGER, PlanError, make_plan
 from blora_export.inject import wrapped_embeddings, wrapped_linears
@@ -67,7 +68,7 @@ def test_speed_profile_containers(bert):
     plan = _plan(model, meta, "speed")
     assert plan.opset == 25  # a weight-only 2-bit layer is stored as packed int2
     rep = _representations(plan, meta)
-    assert rep[(8, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)  # the fast u8s8 kernel (default)
+    assert rep[(8, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)  # the fast u8s8 kernel
     assert rep[(8, 4)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
     assert rep[(4, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
     assert rep[(2, 8)] == ("int8", 0, "dq", "qdq", KERNEL_INTEGER)
@@ -88,6 +89,24 @@ def test_speed_profile_containers(bert):
     exact = _representations(_plan(model, meta, "speed", kernel="exact"), meta)
     assert exact[(8, 8)] == ("uint8", 128, "dq", "qdq", KERNEL_INTEGER)  # the u8u8 kernel, exact on any CPU
     assert exact[(4, 8)] == rep[(4, 8)]  # 4-bit codes are exact with every kernel: unchanged
+
+
+@pytest.mark.parametrize("machine, cpuinfo, expected", [
+    ("x86_64", "flags : fpu sse avx2 fma", "exact"),  # AVX2 only: u8s8 adds pairs in int16 and saturates
+    ("x86_64", "flags : fpu avx2 avx512f avx512_vnni", "fast"),
+    ("x86_64", "flags : fpu avx2 avx_vnni", "fast"),
+    ("x86_64", None, "exact"),  # flags unreadable: assume the worst
+    ("aarch64", None, "fast"),
+])
+def test_auto_kernel_is_fast_only_where_u8s8_is_exact(machine, cpuinfo, expected, monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        info.write_text(cpuinfo)
+    real_path = options.Path
+    monkeypatch.setattr(options.platform, "machine", lambda: machine)
+    monkeypatch.setattr(options, "Path", lambda p: info if p == "/proc/cpuinfo" else real_path(p))
+    assert options.resolve_kernel("auto") == expected
+    assert options.resolve_kernel("fast") == "fast" and options.resolve_kernel("exact") == "exact"
 
 
 def test_size_profile_packs_sub_byte_weights_and_opset_21_falls_back_to_int4(bert):

@@ -174,7 +174,8 @@ def test_relative_and_absolute_ranges_start_at_the_same_grid():
     ab = calibrated(BayesianBitsQuantizer(QuantizerSpec(init_bits=8, relative_range=False)), x)
     assert [float(t.detach()) for t in rel.range_bounds()] == pytest.approx(
         [float(t.detach()) for t in ab.range_bounds()], rel=1e-6)
-    assert float(rel.reference) == pytest.approx(float(rel.range_bounds()[1].detach()))  # the reference scale is the range
+    # the reference scale is the range
+    assert float(rel.reference) == pytest.approx(float(rel.range_bounds()[1].detach()))
 
 
 def test_mse_calibration_clips_outliers_maxabs_keeps_them():

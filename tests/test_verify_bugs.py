@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer
 
 from blora_export.checkpoint import load_checkpoint, read_validation
+from blora_export.export.options import resolve_kernel
 from blora_export.export.pipeline import CompressOptions, compress
 from blora_export.export.plan import make_plan
 from blora_export.export.verify import VerificationError, verify_export
@@ -26,7 +27,8 @@ def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("bugs") / "out"
     result = compress(ckpt, out, CompressOptions(timing_runs=0, verify=False))
     model, meta = load_checkpoint(ckpt)
-    plan = make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method)
+    plan = make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method,
+                     kernel=resolve_kernel(CompressOptions().kernel))
     assert plan == result.plan
     return out, model, plan, meta, AutoTokenizer.from_pretrained(str(ckpt)), read_validation(ckpt)
 
@@ -54,11 +56,15 @@ def _activation_scale(model):
     _set(model, t, numpy_helper.to_array(t) * 1.5)
 
 
-def _int8_weight(model, suffix: str):
-    """The initializer `suffix` of the last 8-bit weight on an integer kernel (int8 codes, per channel)."""
+_CODE_ZERO = {onnx.TensorProto.INT8: 0, onnx.TensorProto.UINT8: 128}  # --kernel fast / exact containers
+
+
+def _eight_bit_weight(model, suffix: str):
+    """The initializer `suffix` of the last 8-bit weight on an integer kernel (int8 codes, or uint8 + 128)."""
     dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     codes = [t for t in model.graph.initializer if t.name.endswith(".weight_quant") and t.name in dequantized
-             and t.data_type == onnx.TensorProto.INT8 and np.abs(numpy_helper.to_array(t)).max() > 8][-1]
+             and t.data_type in _CODE_ZERO
+             and np.abs(numpy_helper.to_array(t).astype(np.int32) - _CODE_ZERO[t.data_type]).max() > 8][-1]
     return next(t for t in model.graph.initializer if t.name == codes.name[: -len("_quant")] + suffix)
 
 
@@ -77,16 +83,16 @@ def _zero_point(model):
 
 def _weight_scale(model):
     """Per-channel steps mixed up: the first channel's step used for every channel."""
-    t = _int8_weight(model, "_scale")
+    t = _eight_bit_weight(model, "_scale")
     values = numpy_helper.to_array(t)
     _set(model, t, np.full_like(values, values.reshape(-1)[0]))
 
 
 def _weight_row(model):
     """One output channel of an 8-bit weight with its codes negated (the others untouched)."""
-    t = _int8_weight(model, "_quant")
-    codes = numpy_helper.to_array(t).astype(np.int32)
-    codes[:, 0] = -codes[:, 0]  # the graph holds W^T: column 0 is output channel 0
+    t = _eight_bit_weight(model, "_quant")
+    codes, zero = numpy_helper.to_array(t).astype(np.int32), _CODE_ZERO[t.data_type]
+    codes[:, 0] = 2 * zero - codes[:, 0]  # the graph holds W^T: column 0 is output channel 0
     _set(model, t, codes)
 
 

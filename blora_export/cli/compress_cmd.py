@@ -18,8 +18,9 @@ from .errors import user_errors
                    "integer kernels. size: they are packed int4/int2 (smallest file, fp32 kernels).")
 @click.option("--kernel", type=click.Choice(KERNELS), default=CompressOptions.kernel, show_default=True,
               help="8-bit weights: fast (int8 codes, onnxruntime's u8s8 kernel: exact on CPUs with VNNI or ARM dot "
-                   "products; on AVX2-only x86 it can saturate large products) or exact (uint8 codes with zero "
-                   "point 128, the u8u8 kernel: exact everywhere, slower).")
+                   "products; on AVX2-only x86 it can saturate large products), exact (uint8 codes with zero "
+                   "point 128, the u8u8 kernel: exact everywhere, slower) or auto (fast where this CPU runs it "
+                   "exactly, else exact).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Sequence length T at which MACs and BOPs are audited. [default: the checkpoint's, e.g. 128]")
 @click.option("--opset", type=click.IntRange(21, 25), default=None,

@@ -29,7 +29,7 @@ from .artifacts import (
 from .graph_audit import AuditError, GraphAudit, audit_graph
 from .measure import latency, runtime_kernels
 from .merge import Merged
-from .options import CompressOptions
+from .options import CompressOptions, resolve_kernel
 from .plan import CompressionPlan, PlanError, make_plan
 from .verify import verify_export
 
@@ -186,7 +186,7 @@ def _plan(loaded: _Loaded, options: CompressOptions, log: Callable[[str], None])
     profile = mac_profile_at(loaded.model, loaded.meta.profile, seq_len)
     meta = loaded.meta
     plan = make_plan(loaded.model, meta.quantized, meta.adapted, profile, meta.config.method, options.profile,
-                     options.opset, options.kernel)
+                     options.opset, resolve_kernel(options.kernel))
     log(f"plan: {len(plan.quantized)} quantized Linears ({len(plan.adapted)} adapted), profile {plan.profile}, "
         f"opset {plan.opset}")
     return plan

@@ -31,10 +31,12 @@ def notes(plan, graph) -> list[str]:
                    "range clip and 16-bit rounding are applied with float ops (Clip -> Div -> Round -> Mul), "
                    "exactly as in training, and the product runs as an fp32 MatMul.")
     if any(p.weight.zero_point == 128 for p in lp):
-        out.append("Signed 8-bit weights are stored as uint8 with zero point 128 (--kernel exact; codes "
-                   "unchanged): onnxruntime then runs its u8u8 kernel, exact on every CPU.")
+        out.append("Signed 8-bit weights are stored as uint8 with zero point 128 (--kernel exact, or auto on a CPU "
+                   "without VNNI; codes unchanged): onnxruntime then runs its u8u8 kernel, exact on every CPU but "
+                   "slower than u8s8 (--kernel fast, exact on CPUs with VNNI or ARM dot products).")
     if any(p.weight.bits == 8 and p.weight.container == "int8" and p.weight.delivery == "dq" for p in lp):
-        out.append("8-bit weights are int8 codes on onnxruntime's u8s8 integer kernel (--kernel fast): exact on CPUs "
+        out.append("8-bit weights are int8 codes on onnxruntime's u8s8 integer kernel (--kernel fast, or auto on a "
+                   "CPU with VNNI): exact on CPUs "
                    "with VNNI (AVX512-VNNI, AVX-VNNI) or ARM dot products. On AVX2-only x86 CPUs that kernel adds "
                    "pairs of products in 16 bits and saturates when large weight codes (|q| > 63) meet large "
                    "activation codes, as onnxruntime's quantize_dynamic does there; compress --kernel exact avoids "
