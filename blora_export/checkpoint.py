@@ -12,6 +12,7 @@ CKPT/
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,12 @@ from .atomic import atomic_directory
 from .base_model import fingerprint, load_base_model
 from .bops import MacProfile
 from .config import BLoRAConfig, ConfigError
-from .errors import UserError, first_line
+from .data.tasks import TASK_NAMES
+from .errors import UserError, file_problem, first_line
+from .export.artifacts import MAX_LENGTH_LIMIT, PROBLEM_TYPES, from_json, parse_json
 from .inject import Injection, inject
 from .roles import trained_keys, trained_state
+from .targets import TargetError
 
 SCHEMA_VERSION = 2  # 2: learned BOP price and budget, deploy target, log-parameterised affine ranges
 META_FILE = "checkpoint.json"
@@ -90,22 +94,38 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, meta: CheckpointMeta,
     return Path(out_dir)
 
 
-_FIELD_TYPES = {"base_model": str, "base_fingerprint": str, "blora": dict, "adapted": list, "quantized": list,
-                "embeddings": list, "head": list, "labels": list, "mac_profile": dict, "task": str,
-                "problem_type": str, "max_seq_length": int, "base_revision": (str, type(None)), "options": dict,
-                "schema_version": int}
-
-
-def _check_fields(meta: CheckpointMeta) -> None:
-    """JSON types of every field (a string where a list belongs would otherwise be read letter by letter)."""
-    for name, kind in _FIELD_TYPES.items():
-        value = getattr(meta, name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TypeError(f"{name} has type {type(value).__name__}")
-        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise TypeError(f"{name} must be a list of strings")
-    if not meta.base_model or not meta.labels or meta.max_seq_length < 1:
-        raise ValueError("base_model, labels and max_seq_length must be non-empty / positive")
+def _parse_meta(raw: dict) -> CheckpointMeta:
+    """checkpoint.json as CheckpointMeta: JSON types of every field (the B-LoRA config's and the MAC profile's
+    too: a string where a list belongs would otherwise be read letter by letter), then the values `compress` and
+    `eval` rely on, each error naming its field."""
+    meta = from_json(CheckpointMeta, raw, "")
+    blora_types = typing.get_type_hints(BLoRAConfig)
+    for key, value in meta.blora.items():
+        if key in blora_types:  # unknown keys: BLoRAConfig.from_dict names them
+            parse_json(value, blora_types[key], f"blora.{key}")
+    profile = from_json(MacProfile, meta.mac_profile, "mac_profile")
+    try:
+        meta.config.validate()
+    except ConfigError as e:
+        raise ValueError(f"blora: {e}") from None
+    problems = []
+    if not meta.base_model:
+        problems.append("base_model is empty")
+    if not meta.labels or not all(meta.labels) or len(set(meta.labels)) != len(meta.labels):
+        problems.append(f"labels {meta.labels!r:.80} are not distinct non-empty names")
+    if meta.problem_type not in PROBLEM_TYPES:
+        problems.append(f"problem_type {meta.problem_type!r} is not one of {list(PROBLEM_TYPES)}")
+    elif (meta.problem_type == "regression") != (len(meta.labels) == 1):
+        problems.append(f"problem_type {meta.problem_type} does not fit {len(meta.labels)} labels")
+    if meta.task not in TASK_NAMES:
+        problems.append(f"task {meta.task!r} is not one of {list(TASK_NAMES)}")
+    if not 2 <= meta.max_seq_length <= MAX_LENGTH_LIMIT:  # 2: room for the special tokens, as `train` requires
+        problems.append(f"max_seq_length {meta.max_seq_length} is outside 2..{MAX_LENGTH_LIMIT}")
+    if profile.seq_len < 1 or profile.attention < 0 or min(profile.linears.values(), default=0) < 0:
+        problems.append("mac_profile has a seq_len below 1 or negative MACs")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return meta
 
 
 def check_contained(ckpt: str | Path) -> None:
@@ -136,10 +156,12 @@ def check_no_remote_code(ckpt: str | Path, trust_remote_code: bool) -> None:
 def read_meta(ckpt: str | Path) -> CheckpointMeta:
     path = Path(ckpt) / META_FILE
     if not Path(ckpt).is_dir():
-        raise CheckpointError(f"checkpoint directory {ckpt} does not exist; pass the --output-dir of a train run")
+        problem = "is not a directory" if Path(ckpt).exists() else "does not exist"
+        raise CheckpointError(f"checkpoint directory {ckpt} {problem}; pass the --output-dir of a train run")
     check_contained(ckpt)
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; {ckpt} is not a complete blora-export checkpoint")
+        problem = "is missing" if not path.exists() else file_problem(path)
+        raise CheckpointError(f"{path} {problem}; {ckpt} is not a complete blora-export checkpoint")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -154,10 +176,7 @@ def read_meta(ckpt: str | Path) -> CheckpointMeta:
         raise CheckpointError(f"{path} has schema version {version!r}; this blora-export reads version "
                               f"{SCHEMA_VERSION}: upgrade blora-export or re-train")
     try:
-        meta = CheckpointMeta(**raw)
-        _check_fields(meta)
-        meta.config.validate()
-        MacProfile.from_dict(meta.mac_profile)
+        meta = _parse_meta(raw)
     except (TypeError, KeyError, ValueError, AttributeError, ConfigError) as e:
         raise CheckpointError(f"{path} has invalid fields ({e}); the checkpoint is damaged, train it again") from None
     return meta
@@ -205,7 +224,11 @@ def load_checkpoint(ckpt: str | Path, base: nn.Module | None = None,
     """Rebuild the trained model strictly: every trained tensor present, with the right shape, nothing extra."""
     meta = read_meta(ckpt)
     tensors = read_tensors(ckpt)
-    model, _ = build_model(meta, base, trust_remote_code)
+    try:
+        model, _ = build_model(meta, base, trust_remote_code)
+    except (TargetError, ConfigError) as e:  # module names in checkpoint.json that the base model lacks
+        raise CheckpointError(f"{Path(ckpt) / META_FILE} does not fit the base model {meta.base_model} ({e}); the "
+                              "checkpoint is damaged, train it again") from None
     keys = trained_keys(model, meta.head)
     expected = {k: v for k, v in model.state_dict().items() if k in keys}
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))

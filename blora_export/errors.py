@@ -9,6 +9,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """Input or environment the user can fix; the message names the problem and the fix."""
@@ -22,3 +24,13 @@ def first_line(e: BaseException) -> str:
 def one_line(e: BaseException) -> str:
     """The whole message with its white space folded into one line, or the type's name."""
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` is not a readable regular file ("does not exist", "is a directory", ...), or None if it is."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a directory, not a file"
+    return "is not a regular file (a pipe, socket or device)" if path.exists() else "does not exist"

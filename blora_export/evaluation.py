@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataSpec
-from .errors import UserError
+from .errors import UserError, file_problem
 
 
 class EvalError(UserError, ValueError):
@@ -32,6 +32,13 @@ class EvalOptions:
     def validate(self) -> EvalOptions:
         if bool(self.data.data_dir) == bool(self.data.validation_file) or self.data.train_file:
             raise EvalError("pass the validation data as exactly one of --data-dir DIR or --validation-file FILE")
+        # Say what is there (the data reader would report a directory or a pipe as an unknown file type).
+        if self.data.validation_file and file_problem(self.data.validation_file):
+            raise EvalError(f"--validation-file {self.data.validation_file} {file_problem(self.data.validation_file)}"
+                            "; pass a .csv, .tsv, .json or .jsonl file")
+        if self.data.data_dir and Path(self.data.data_dir).exists() and not Path(self.data.data_dir).is_dir():
+            raise EvalError(f"--data-dir {self.data.data_dir} is a file, not a directory; pass the directory of "
+                            "the GLUE files or the file as --validation-file")
         self.data.validate()
         if self.batch_size < 1:
             raise EvalError("--batch-size must be >= 1")
@@ -82,7 +89,7 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
         pairs = [e.text_pair for e in chunk] if chunk[0].text_pair is not None else None
         batches.append(predictor.encode([e.text for e in chunk], pairs))
     started = time.perf_counter()
-    onnx_logits = np.concatenate([predictor.session.run(["logits"], b)[0] for b in batches])
+    onnx_logits = np.concatenate([predictor.run(b) for b in batches])
     elapsed = time.perf_counter() - started
     n_out = 1 if regression_model else len(model_labels)
     if onnx_logits.shape[-1] != n_out:

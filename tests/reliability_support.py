@@ -54,6 +54,23 @@ def copy_checkpoint(dest: Path) -> Path:
     return dest
 
 
+@functools.cache
+def exported_model() -> Path:
+    """`blora-export compress --no-verify` of trained_checkpoint() (read-only: copy it before changing it)."""
+    from click.testing import CliRunner
+
+    from blora_export.cli import main
+
+    out = ROOT / "export"
+    assert_ok(CliRunner().invoke(main, ["compress", str(trained_checkpoint()), "-o", str(out), "--no-verify"]))
+    return out
+
+
+def copy_export(dest: Path) -> Path:
+    shutil.copytree(exported_model(), dest)
+    return dest
+
+
 def tree_hashes(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(directory).rglob("*")) if p.is_file()}

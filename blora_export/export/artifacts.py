@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 AUDIT_FORMAT, AUDIT_VERSION = "blora-export audit", 1
 DEPLOY_FORMAT, DEPLOY_VERSION = "blora-export deploy", 1
 AUDIT_FILE, DEPLOY_FILE, MODEL_FILE = "audit.json", "deploy.json", "model.onnx"
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# Longest sequence a deploy.json may ask the tokenizer for: far beyond any encoder's positions, and small enough
+# for the tokenizers library (a 1e30 max_length overflows there).
+MAX_LENGTH_LIMIT = 1 << 20
 
 
 class ArtifactError(UserError, ValueError):
@@ -44,8 +49,13 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def _parse(value: Any, kind: Any, where: str) -> Any:
-    """`value` (parsed JSON) as the annotated type `kind`; an ArtifactError names the field at fault."""
+def _at(where: str, name: Any) -> str:
+    return f"{where}.{name}" if where else str(name)
+
+
+def parse_json(value: Any, kind: Any, where: str) -> Any:
+    """`value` (parsed JSON) as the annotated type `kind`; an ArtifactError names the field at fault (`where`:
+    its path, '' at the top level)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -53,25 +63,27 @@ def _parse(value: Any, kind: Any, where: str) -> Any:
         options = [a for a in args if a is not type(None)]
         for option in options:
             try:
-                return _parse(value, option, where)
+                return parse_json(value, option, where)
             except ArtifactError:
                 continue
         raise ArtifactError(f"{where} has an unexpected value {value!r:.60}")
     if kind is Verification:
         return Verification.from_dict(value, where)
     if dataclasses.is_dataclass(kind):
-        return _from_json(kind, value, where)
-    if origin is list:
+        return from_json(kind, value, where)
+    if origin in (list, tuple):  # tuple[int, ...]: a JSON list
         if not isinstance(value, list):
             raise ArtifactError(f"{where} must be a list")
-        return [_parse(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+        return [parse_json(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ArtifactError(f"{where} must be an object")
-        return {str(k): _parse(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return {str(k): parse_json(v, args[1], _at(where, k)) for k, v in value.items()}
     if kind is Any:
         return value
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # Python's json reads NaN and Infinity; no field of ours holds them
+            raise ArtifactError(f"{where} must be a finite number, got {value!r}")
         return value  # JSON writes 2.0 as 2.0 and 2 as 2: keep what was written
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -80,20 +92,21 @@ def _parse(value: Any, kind: Any, where: str) -> Any:
     raise ArtifactError(f"{where} must be of type {getattr(kind, '__name__', kind)}, got {value!r:.60}")
 
 
-def _from_json(cls: type, data: Any, where: str) -> Any:
+def from_json(cls: type, data: Any, where: str) -> Any:
+    """The dataclass `cls` from a parsed JSON object, every field type-checked (`where`: as in parse_json)."""
     if not isinstance(data, dict):
-        raise ArtifactError(f"{where} must be an object")
+        raise ArtifactError(f"{where or 'the file'} must be an object")
     hints = typing.get_type_hints(cls)
     kwargs, known = {}, set()
     for f in dataclasses.fields(cls):
         known.add(f.name)
         if f.name in data:
-            kwargs[f.name] = _parse(data[f.name], hints[f.name], f"{where}.{f.name}")
+            kwargs[f.name] = parse_json(data[f.name], hints[f.name], _at(where, f.name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ArtifactError(f"{where} has no field {f.name!r}")
+            raise ArtifactError(f"{where or 'the file'} has no field {f.name!r}")
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ArtifactError(f"{where} has unknown fields {unknown[:3]}")
+        raise ArtifactError(f"{where or 'the file'} has unknown fields {unknown[:3]}")
     return cls(**kwargs)
 
 
@@ -105,7 +118,7 @@ class _Record:
 
     @classmethod
     def from_dict(cls, data: Any, where: str | None = None):
-        return _from_json(cls, data, where or cls.__name__)
+        return from_json(cls, data, where or cls.__name__)
 
 
 # ---- audit.json -----------------------------------------------------------------------------------------------
@@ -236,7 +249,7 @@ class Verification(_Record):
             raise ArtifactError(f"{where} must be an object")
         names = {f.name for f in dataclasses.fields(Agreement)}
         extra = {k: v for k, v in data.items() if k not in names}
-        rest = _from_json(_VerificationRest, extra, where)
+        rest = from_json(_VerificationRest, extra, where)
         return cls(Agreement.from_dict({k: v for k, v in data.items() if k in names}, where),
                    rest.default_options, rest.session_config, rest.rule)
 
@@ -280,10 +293,17 @@ class Audit(_Record):
 
     @classmethod
     def from_dict(cls, data: Any, where: str | None = None) -> Audit:
-        audit = _from_json(cls, data, where or AUDIT_FILE)
+        where = where or AUDIT_FILE
+        audit = from_json(cls, data, where)
         if (audit.format, audit.version) != (AUDIT_FORMAT, AUDIT_VERSION):
-            raise ArtifactError(f"{where or AUDIT_FILE} is format {audit.format!r} version {audit.version}, "
+            raise ArtifactError(f"{where} is format {audit.format!r} version {audit.version}, "
                                 f"expected {AUDIT_FORMAT!r} version {AUDIT_VERSION}")
+        t, size = audit.totals, audit.size
+        counts = [audit.attention_macs, t.w8a8_reference_bops, t.whole_model.bops, t.whole_model.bops_fp32,
+                  t.adapted.bops, t.adapted.bops_fp32, *(n for r in audit.layers for n in (r.macs, r.bops, r.calls))]
+        # Sizes and counts are never negative: a reader (the size ratio of `blora-export audit`) divides by them.
+        if audit.seq_len < 1 or min(size.onnx_bytes, size.fp32_onnx_bytes, size.ratio) <= 0 or min(counts) < 0:
+            raise ArtifactError(f"{where} has a negative or zero count, size or seq_len")
         return audit
 
     @classmethod
@@ -335,12 +355,29 @@ class Deploy(_Record):
     @classmethod
     def from_dict(cls, data: Any, where: str | None = None) -> Deploy:
         where = where or DEPLOY_FILE
-        deploy = _from_json(cls, data, where)
+        deploy = from_json(cls, data, where)
         if (deploy.format, deploy.version) != (DEPLOY_FORMAT, DEPLOY_VERSION):
             raise ArtifactError(f"{where} is format {deploy.format!r} version {deploy.version}, expected "
                                 f"{DEPLOY_FORMAT!r} version {DEPLOY_VERSION}")
-        if deploy.max_length < 1 or not deploy.input_names or Path(deploy.model).name != deploy.model:
-            raise ArtifactError(f"{where} has an invalid max_length, input_names or model file name")
+        problems = []
+        if not 1 <= deploy.max_length <= MAX_LENGTH_LIMIT:
+            problems.append(f"max_length {deploy.max_length} is outside 1..{MAX_LENGTH_LIMIT}")
+        if deploy.problem_type not in PROBLEM_TYPES:
+            problems.append(f"problem_type {deploy.problem_type!r} is not one of {list(PROBLEM_TYPES)}")
+        if not _unique_names(deploy.labels) or (deploy.problem_type == "regression") != (len(deploy.labels) == 1):
+            problems.append(f"labels {deploy.labels!r:.60} are not distinct non-empty names (one for regression)")
+        if not _unique_names(deploy.input_names) or not deploy.output_name:
+            problems.append("input_names must be distinct non-empty names and output_name non-empty")
+        if Path(deploy.model).name != deploy.model or not deploy.model:
+            problems.append(f"model {deploy.model!r} is not a file name inside the directory")
+        from .options import PROFILES
+
+        if deploy.profile not in PROFILES:
+            problems.append(f"profile {deploy.profile!r} is not one of {list(PROFILES)}")
+        if deploy.opset < 1:
+            problems.append(f"opset {deploy.opset} is not a positive version")
+        if problems:
+            raise ArtifactError(f"{where} has invalid values ({'; '.join(problems)})")
         return deploy
 
     @classmethod
@@ -353,13 +390,17 @@ class Deploy(_Record):
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _unique_names(names: list[str]) -> bool:
+    return bool(names) and all(names) and len(set(names)) == len(names)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtifactError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path} is not readable JSON ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, an int of 5000 digits
+        raise ArtifactError(f"{path} is not readable JSON ({type(e).__name__}: {one_line(e)[:200]})") from None
 
 
 __all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "DEPLOY_FILE", "MODEL_FILE", "Agreement", "ArtifactError", "Audit",

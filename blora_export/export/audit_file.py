@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import file_problem
 from .artifacts import AUDIT_FILE, ArtifactError, Audit, Size, build_audit
 from .foreign_graph import foreign_notes, name_layers_by_module
 from .graph_audit import audit_graph
@@ -23,12 +24,15 @@ def load_onnx(path: str | Path):
     import onnx
 
     path = Path(path)
-    if not path.is_file():
-        raise AuditError(f"{path} does not exist (pass an .onnx file, e.g. OUT/model.onnx of compress)")
+    if file_problem(path):
+        raise AuditError(f"{path} {file_problem(path)}; pass an .onnx file (e.g. OUT/model.onnx of compress)")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, external data missing, ...
         raise AuditError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not model.graph.node:  # an empty file parses as an empty ModelProto
+        raise AuditError(f"{path} is not a readable ONNX model (it holds no graph); pass an .onnx file")
+    return model
 
 
 def _stored_integer_values(model) -> list:
@@ -46,7 +50,8 @@ def _stored_integer_values(model) -> list:
 
 def _measured_fp32_bytes(path: Path, onnx_bytes: int) -> int | None:
     """fp32_onnx_bytes from the audit.json compress wrote next to this very file (same size), else None.
-    A sibling that is not a valid audit, or belongs to another file, is ignored."""
+    A sibling that is not a valid audit (Audit.from_dict refuses negative or zero sizes), or belongs to another
+    file, is ignored: the size is then estimated from the graph."""
     sibling = path.parent / AUDIT_FILE
     if not sibling.is_file():
         return None

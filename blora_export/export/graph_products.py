@@ -293,7 +293,7 @@ def _operand_shapes(model, idx: _GraphIndex, names: set[str], seq_len: int) -> d
             probe.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: errors come back as exceptions (see runtime.session_options)
     session = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feed = dummy_feed(model, seq_len)
     results = session.run(run, feed) if run else []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,8 @@ def _compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | 
 
 def _check_output(ckpt: Path, out_dir: Path, options: CompressOptions) -> None:
     check_not_an_input(out_dir, {"checkpoint": ckpt, "validation file": options.validation_file})
+    if os.path.lexists(out_dir) and not out_dir.is_dir():  # --overwrite replaces an output directory, not a file
+        raise OutputExistsError(f"--output-dir {out_dir} exists and is not a directory; choose another --output-dir")
     if out_dir.exists() and not options.overwrite:
         raise OutputExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     check_writable(out_dir)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data import DataError
-from ..errors import UserError
+from ..errors import UserError, file_problem
 from .artifacts import Agreement, Verification
 
 RTOL = 1e-3
@@ -55,10 +55,14 @@ class NoiseFloor:
 def read_examples(path: str | Path) -> list[dict]:
     """JSON lines with "text" (and "text_pair" for pair tasks, optional "label")."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"validation file {path} does not exist")
+    if file_problem(path):
+        raise DataError(f"--validation-file {path} {file_problem(path)}; pass a JSON lines file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read --validation-file {path} ({e}); save it as UTF-8 JSON lines") from None
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -186,10 +190,11 @@ def verify_export(model_path: Path, model: torch.nn.Module, plan, tokenizer, exa
         reference = torch_logits(exact, batches)
         noise = noise_floor(exact, batches, reference, meta.problem_type)
     labels = example_labels(examples, meta.labels)
-    sessions = {  # the project's loader, and onnxruntime with no options at all (plain deployment)
+    sessions = {  # the project's loader, and onnxruntime with no options but quiet logging (plain deployment)
         "loader_options": ort.InferenceSession(str(model_path), runtime.session_options(),
                                                providers=["CPUExecutionProvider"]),
-        "default_options": ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]),
+        "default_options": ort.InferenceSession(str(model_path), runtime.session_options({}),
+                                                providers=["CPUExecutionProvider"]),
     }
     results = {key: compare(reference, onnx_logits(s, batches), meta.problem_type, labels, noise)
                for key, s in sessions.items()}
