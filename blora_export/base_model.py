@@ -34,6 +34,28 @@ def load_base_model(ref: str, num_labels: int, id2label: dict[int, str] | None =
         hf_logging.set_verbosity(previous)
 
 
+def check_model_path(ref: str) -> None:
+    """A local --model must be a directory (a file or a pipe would be taken for a hub name and fail obscurely)."""
+    from .errors import UserError
+
+    path = Path(ref)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--model {ref} is not a directory; pass the model's directory (config.json, weights and "
+                        "tokenizer files, as written by save_pretrained) or a Hugging Face model name")
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged or foreign model directory raises: a bad config.json (wrong types, too deeply
+    nested), truncated safetensors, weights of other shapes, a pickle that torch's safe loader refuses."""
+    import pickle
+
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, RuntimeError, RecursionError, SafetensorError,
+            StrictDataclassError, pickle.UnpicklingError)
+
+
 def max_positions(model: nn.Module) -> int | None:
     """The longest token sequence the model's position embeddings take (None: no limit recorded)."""
     limit = getattr(model.config, "max_position_embeddings", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,39 @@ DEFAULT_SEQ_LEN = 128  # T of the MAC profile and BOP counts, unless the model h
 
 class ConfigError(UserError, ValueError):
     """A configuration value that makes no sense; the message names the option and the fix."""
+
+
+INT_LIMIT = 2**63  # integer options must fit the 64-bit integers of torch and numpy
+MAX_RANK = 65536  # beyond any encoder's width; a larger rank only fails allocating (train checks the model's own)
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+                 open_high: bool = False, integer: bool = False, error: type[Exception] = ConfigError) -> None:
+    """The one range check of numeric options: a real number (an integer if `integer`; never a bool), finite
+    (inf or nan would train NaN weights), within low..high (an open end excluded); raises `error` naming `name`."""
+    if integer and high is None:
+        high, open_high = INT_LIMIT, True
+    ok = isinstance(value, int if integer else int | float) and not isinstance(value, bool)
+    if ok:
+        x = math.inf if isinstance(value, int) and abs(value) >= INT_LIMIT else float(value)
+        ok = (math.isfinite(x) and (low is None or (x > low if open_low else x >= low))
+              and (high is None or (x < high if open_high else x <= high)))
+    if ok:
+        return
+    if integer:  # name only the end the value is beyond (the 64-bit limit means nothing to a 0)
+        beyond_high = type(value) is int and low is not None and value >= low
+        low, high = (None, high) if beyond_high else (low, None)
+    ends = ["2^63" if v == INT_LIMIT else f"{v:g}" for v in (low, high) if v is not None]
+    if low is not None and high is not None:
+        where = f" in {'(' if open_low else '['}{ends[0]}, {ends[1]}{')' if open_high else ']'}"
+    elif low is not None:
+        where = f" {'>' if open_low else '>='} {ends[0]}"
+    elif high is not None:
+        where = f" {'<' if open_high else '<='} {ends[0]}"
+    else:
+        where = ""
+    shown = str(value) if len(str(value)) <= 24 else str(value)[:20] + "..."
+    raise error(f"{name} must be{'' if integer else ' a finite number'}{where}, got {shown}")
 
 
 def _check_widths(name: str, widths: tuple[int, ...], universe: tuple[int, ...]) -> None:
@@ -88,23 +122,18 @@ class BLoRAConfig:
     def validate(self) -> BLoRAConfig:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if self.max_rank < 1:
-            raise ConfigError(f"max rank must be >= 1, got {self.max_rank}")
-        if not self.lora_alpha > 0:
-            raise ConfigError(f"lora alpha must be > 0, got {self.lora_alpha}")
-        if not 0 <= self.bops_weight < float("inf"):
-            raise ConfigError(f"bops weight must be finite and >= 0, got {self.bops_weight}")
-        if self.bops_budget is not None and not 0 < self.bops_budget <= 1:
-            raise ConfigError(f"bops budget must be a fraction in (0, 1] of the fp32 model's BOPs, got "
-                              f"{self.bops_budget}")
+        check_number("max rank", self.max_rank, 1, MAX_RANK, integer=True)
+        check_number("lora alpha", self.lora_alpha, 0, open_low=True)
+        check_number("bops weight", self.bops_weight, 0)
+        if self.bops_budget is not None:  # a fraction of the fp32 model's BOPs
+            check_number("bops budget", self.bops_budget, 0, 1, open_low=True)
         if self.deploy not in DEPLOY_TARGETS:
             raise ConfigError(f"deploy must be one of {list(DEPLOY_TARGETS)}, got {self.deploy!r}")
         if self.calibration not in CALIBRATIONS:
             raise ConfigError(f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}")
-        if not abs(self.gate_init) < float("inf"):
-            raise ConfigError(f"gate init must be a finite number, got {self.gate_init}")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise ConfigError(f"bops seq len must be >= 1, got {self.seq_len}")
+        check_number("gate init", self.gate_init)
+        if self.seq_len is not None:
+            check_number("bops seq len", self.seq_len, 1, integer=True)
         if self.embedding_bits not in EMBEDDING_WIDTHS:
             raise ConfigError(f"embedding bits must be one of {list(EMBEDDING_WIDTHS)}, got {self.embedding_bits}")
         if not (isinstance(self.targets, str) or isinstance(self.targets, list | tuple)):

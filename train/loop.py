@@ -32,6 +32,7 @@ from blora_export.gated_model import deterministic_bop_fraction, expected_bop_fr
 from .batching import Encoded, Schedule, collate, shard
 from .budget import enforce_budget
 from .distributed import Dist
+from .errors import TrainError
 from .evaluate import evaluate, loss_sum
 from .optim import Optimizers, freeze_gates, set_gates_learning
 from .options import TrainConfig
@@ -114,6 +115,9 @@ def train_step(run: Run, step: int, gate_generator: torch.Generator) -> dict[str
             p.grad = torch.zeros_like(p)
     stats = task_sum.detach().float().reshape(1)
     dist.all_reduce_sum([p.grad for p in params] + [stats])
+    if not torch.isfinite(stats).all():  # every rank sees the all-reduced loss: all stop together
+        raise TrainError(f"training diverged at step {step + 1}: the loss is {float(stats)}; nothing was saved: "
+                         "lower --lr, --range-lr or --gate-lr and train again")
     run.optimizer.step(learning)
     if learning:
         run.price.update(step + 1, deterministic_bop_fraction(model, run.profile))

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from blora_export.config import BLoRAConfig
+from blora_export.config import BLoRAConfig, check_number
 from blora_export.data import CLASSIFICATION, DataSpec
 
 from .errors import TrainError
@@ -56,31 +55,21 @@ class OptimSpec:
     phase2_lr: float | None = 0.5  # phase 2's starting learning rate, as a fraction of lr (None: one decay)
 
     def validate(self) -> OptimSpec:
-        positive = {"batch_size": self.batch_size, "calibration_batches": self.calibration_batches,
-                    "max_steps": self.max_steps}
-        for name, value in positive.items():
-            if value is not None and value < 1:
-                raise TrainError(f"--{_flag(name)} must be >= 1, got {value}")
-        if not 0 <= self.seed < 2**63:
-            raise TrainError(f"--seed must be in [0, 2^63), got {self.seed}")
-        if self.max_steps is None and not 0 < self.epochs < math.inf:
-            raise TrainError(f"--epochs must be a finite number > 0, got {self.epochs}")
-        for name in ("lr", "gate_lr", "range_lr"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise TrainError(f"--{_flag(name)} must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("batch_size", "calibration_batches", "max_steps"):
+            _number(name, getattr(self, name), 1, integer=True)
+        _number("warmup_steps", self.warmup_steps, 0, integer=True)
+        _number("seed", self.seed, 0, integer=True)
+        if self.max_steps is None:
+            _number("epochs", self.epochs, 0, open_low=True)
+        for name in ("lr", "gate_lr", "range_lr", "phase2_lr"):
+            _number(name, getattr(self, name), 0, open_low=True)
         for name in ("weight_decay", "max_grad_norm", "price_lr"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise TrainError(f"--{_flag(name)} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise TrainError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+            _number(name, getattr(self, name), 0)
         for name in ("warmup_ratio", "gate_momentum", "gate_warmup_ratio", "fixed_gate_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                raise TrainError(f"--{_flag(name)} must be in [0, 1), got {getattr(self, name)}")
+            _number(name, getattr(self, name), 0, 1, open_high=True)
         if self.gate_warmup_ratio + self.fixed_gate_ratio >= 1:
             raise TrainError("--gate-warmup-ratio plus --fixed-gate-ratio must leave steps for the gates to learn "
                              f"(got {self.gate_warmup_ratio} + {self.fixed_gate_ratio})")
-        if self.phase2_lr is not None and not 0 < self.phase2_lr < math.inf:
-            raise TrainError(f"--phase2-lr must be a finite number > 0, got {self.phase2_lr}")
         if self.budget_mode not in BUDGET_MODES:
             raise TrainError(f"--budget-mode must be one of {list(BUDGET_MODES)}, got {self.budget_mode!r}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
@@ -149,9 +138,7 @@ class TrainConfig:
             raise TrainError(f"--compile must be one of {list(COMPILE)}, got {self.compile!r}")
         self._check_data()
         for name in ("eval_batch_size", "logging_steps", "eval_steps", "save_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise TrainError(f"--{_flag(name)} must be >= 1, got {value}")
+            _number(name, getattr(self, name), 1, integer=True)
         self.optim.validate()
         self.method.validate()  # raises ConfigError with the option's name
         return self
@@ -219,3 +206,9 @@ def _plain(value: Any) -> Any:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _number(name: str, value, low: float, high: float | None = None, **kw) -> None:
+    """check_number for the option `--name` (None: not given, its default applies)."""
+    if value is not None:
+        check_number(f"--{_flag(name)}", value, low, high, error=TrainError, **kw)

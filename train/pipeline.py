@@ -4,6 +4,9 @@ evaluate -> checkpoint. The one library function behind `blora-export train`.
 
 from __future__ import annotations
 
+import errno
+import os
+import pickle
 import random
 import shutil
 import time
@@ -15,11 +18,12 @@ from torch import nn
 
 from blora_export import data, fused, roles
 from blora_export.atomic import OutputIsInputError, OutputNotWritableError, check_not_an_input, check_writable
-from blora_export.base_model import is_local, load_base_model, max_positions
+from blora_export.base_model import check_model_path, is_local, load_base_model, load_errors, max_positions
 from blora_export.checkpoint import META_FILE, CheckpointMeta, save_checkpoint
-from blora_export.errors import first_line
+from blora_export.errors import UserError, first_line
 from blora_export.gated_model import calibrate
 from blora_export.inject import prepare
+from blora_export.targets import encoder_linears, resolve_targets
 
 from . import distributed, loop, report
 from .batching import Schedule, collate, encode
@@ -31,7 +35,16 @@ from .options import TrainConfig
 from .price import Price
 from .runlog import LOG_FILE, RunLog
 from .schedules import Phases
-from .state import SNAPSHOT, has_snapshot, load_snapshot, load_trained, restore_rng
+from .state import (
+    SNAPSHOT,
+    check_finite,
+    check_optimizer_shapes,
+    has_snapshot,
+    load_snapshot,
+    load_trained,
+    restore_rng,
+    restoring,
+)
 
 VALIDATION_EXAMPLES = 256
 BUDGET_BATCHES = 4  # fixed training batches the budget guarantee measures closures on
@@ -45,15 +58,29 @@ def run(cfg: TrainConfig) -> dict:
     dist = distributed.setup(cfg.device)
     if cfg.compile != "auto":  # auto: the process's setting (by default, compile when a C++ compiler is found)
         fused.set_enabled(cfg.compile == "on")
+    had_state = cfg.state_dir.exists()
     try:
         return _run(cfg, dist, resume)
+    except UserError:
+        # A failed run leaves nothing behind: the state directory it made goes unless it holds a snapshot to
+        # --resume from (a KeyboardInterrupt keeps it: that is what --resume continues).
+        if dist.is_main and not had_state and not has_snapshot(cfg.state_dir):
+            shutil.rmtree(cfg.state_dir, ignore_errors=True)
+        raise
     finally:
         dist.close()
 
 
 def check_output(cfg: TrainConfig) -> bool:
     """Refuse to clobber a checkpoint or an interrupted run by accident; returns whether to resume."""
-    out, root = Path(cfg.output_dir), cfg.state_dir
+    out = Path(cfg.output_dir)
+    try:  # before anything resolves the path: Path.resolve raises RuntimeError on a symbolic-link loop
+        os.path.realpath(out, strict=True)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TrainError(f"cannot write --output-dir {out} ({e.strerror}); choose another --output-dir") \
+                from None
+    root = cfg.state_dir
     inputs = {"model directory": cfg.model if is_local(cfg.model) else None, "data directory": cfg.data.data_dir,
               "training file": cfg.data.train_file, "validation file": cfg.data.validation_file,
               "config file": cfg.config_file}
@@ -97,7 +124,10 @@ def _load_model(cfg: TrainConfig, labels: list[str], problem_type: str) -> nn.Mo
     try:
         return load_base_model(cfg.model, len(labels), dict(enumerate(labels)), problem_type,
                                trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except pickle.UnpicklingError:  # torch's weights-only loader met more than tensors: it never runs that code
+        raise TrainError(f"cannot load model {cfg.model!r}: its pickled weights (pytorch_model.bin) hold more than "
+                         "tensors and were refused; use a model saved as safetensors") from None
+    except load_errors() as e:
         raise TrainError(f"cannot load model {cfg.model!r}: {first_line(e)}; {MODEL_HINT}") from None
     finally:
         if bars:
@@ -107,16 +137,28 @@ def _load_model(cfg: TrainConfig, labels: list[str], problem_type: str) -> nn.Mo
 def _load_tokenizer(cfg: TrainConfig):
     from transformers import AutoTokenizer
 
+    check_model_path(cfg.model)
     try:
         return AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except load_errors() as e:
         raise TrainError(f"cannot load a tokenizer for {cfg.model!r}: {first_line(e)}; {MODEL_HINT}") from None
 
 
-def _check_lengths(cfg: TrainConfig, model: nn.Module) -> None:
+def _check_model(cfg: TrainConfig, model: nn.Module, tokenizer) -> None:
+    """What the model must take before training starts (later, each is an IndexError or an allocation failure)."""
     limit = max_positions(model)
     if limit and cfg.data.max_seq_length > limit:
         raise TrainError(f"--max-seq-length {cfg.data.max_seq_length} exceeds the model's {limit} positions")
+    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    if rows and len(tokenizer) > rows:
+        raise TrainError(f"--model {cfg.model}: its tokenizer has {len(tokenizer)} tokens but its embedding only "
+                         f"{rows} rows (config.vocab_size); use the tokenizer the model was trained with")
+    encoder_linears(model)  # raises, naming the architecture, if it has no Linear to adapt
+    linears = [model.get_submodule(name) for name in resolve_targets(model, cfg.method.targets)]
+    full = max(min(m.in_features, m.out_features) for m in linears)
+    if cfg.method.max_rank > full:
+        raise TrainError(f"--max-rank {cfg.method.max_rank} exceeds the full rank ({full}) of every adapted layer "
+                         f"of {cfg.model}; pass --max-rank {full} or less")
 
 
 def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
@@ -126,7 +168,7 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     tokenizer = _load_tokenizer(cfg)
     train_data = encode(tokenizer, dataset.train, cfg.data.max_seq_length)
     eval_data = encode(tokenizer, dataset.validation, cfg.data.max_seq_length)
-    model, blora, injection, profile, base_fingerprint = _prepare_model(cfg, dataset)
+    model, blora, injection, profile, base_fingerprint = _prepare_model(cfg, dataset, tokenizer)
     model.to(dist.device)
 
     schedule = Schedule(len(train_data), cfg.optim.batch_size, cfg.optim.seed, min_batch=dist.world_size)
@@ -137,7 +179,7 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
                      for i in range(min(cfg.optim.calibration_batches, schedule.steps_per_epoch))]
     snapshot = load_snapshot(cfg.state_dir) if resume else None
     if snapshot is not None:
-        _check_snapshot(cfg, snapshot, data_record)
+        _check_snapshot(cfg, snapshot, data_record, total)
         load_trained(model, injection.head, snapshot.tensors)
     elif blora.method != "lora":  # lora's quantizers are identities: nothing to calibrate
         # the same full batches on every rank: identical ranges
@@ -147,21 +189,24 @@ def _run(cfg: TrainConfig, dist: distributed.Dist, resume: bool) -> dict:
     optimizer = Optimizers(model, cfg.optim, injection.head)
     _check_budget(blora, model, profile, optimizer)
     if snapshot is not None:
-        optimizer.load_state_dict(snapshot.optimizer)
-        restore_rng(snapshot.rng)
+        with restoring(cfg.state_dir):
+            optimizer.load_state_dict(snapshot.optimizer)
+            restore_rng(snapshot.rng)
+            price = Price.from_dict(snapshot.extras["price"]) if "price" in snapshot.extras else None
+            closed = [dict(c) for c in snapshot.extras.get("closed_by_budget", [])]
+        check_optimizer_shapes([o for o in (optimizer.main, optimizer.gates) if o is not None], cfg.state_dir)
     log = RunLog(cfg.state_dir, dist.is_main)
     if dist.is_main and snapshot is None:
         shutil.rmtree(cfg.state_dir / SNAPSHOT, ignore_errors=True)  # --overwrite: the old run's state goes
     log.start(snapshot.step if snapshot else None)
-    extras = snapshot.extras if snapshot else {}
-    price = Price.from_dict(extras["price"]) if "price" in extras else \
-        Price(blora.bops_weight, blora.bops_budget, cfg.optim.price_lr,
-              0.0 if cfg.optim.budget_mode == "cap" else None)
+    if snapshot is None or price is None:
+        price = Price(blora.bops_weight, blora.bops_budget, cfg.optim.price_lr,
+                      0.0 if cfg.optim.budget_mode == "cap" else None)
     phases = Phases.plan(total, optimizer.gates is not None, cfg.optim)
     run_ = loop.Run(cfg, blora, model, injection.head, tokenizer, train_data, eval_data, dataset.task, profile,
                     schedule, optimizer, dist, log, phases, price,
                     _fixed_batch_loss(fixed_batches[:BUDGET_BATCHES], dataset.task, dist.device), data_record,
-                    list(extras.get("closed_by_budget", [])))
+                    closed if snapshot else [])
     tic = time.perf_counter()
     timing = loop.train(run_, snapshot.step if snapshot else 0)
     timing.update(train_seconds=time.perf_counter() - tic, resumed_from_step=snapshot.step if snapshot else None)
@@ -211,11 +256,11 @@ def _fixed_batch_loss(batches: list[dict], task, device: torch.device):
     return loss
 
 
-def _prepare_model(cfg: TrainConfig, dataset):
+def _prepare_model(cfg: TrainConfig, dataset, tokenizer):
     """The base model, fingerprinted and profiled, then injected (inject.prepare owns that order)."""
     _seed_everything(cfg.optim.seed)  # the head's and lora_A's initialisation
     model = _load_model(cfg, dataset.labels, dataset.task.problem_type)
-    _check_lengths(cfg, model)
+    _check_model(cfg, model, tokenizer)
     prepared = prepare(model, cfg.method)
     roles.trainable(model, prepared.injection.head)  # raises if a backbone tensor trains
     return model, prepared.config, prepared.injection, prepared.profile, prepared.fingerprint
@@ -238,15 +283,25 @@ def _finish(run_: loop.Run, meta: CheckpointMeta, dataset, timing: dict) -> dict
                    "total": run_.phases.total},
         "price": {"budget": run_.price.budget, "final": run_.price.value, "path": run_.price.path,
                   "closed_by_budget": run_.closed_by_budget} if run_.learns_gates else None})
-    save_checkpoint(cfg.output_dir, run_.model, meta, run_.tokenizer, result,
-                    [e.to_dict() for e in dataset.validation[:VALIDATION_EXAMPLES]],
-                    overwrite=Path(cfg.output_dir).exists(), extra_files={LOG_FILE: run_.log.text()})
+    check_finite(run_.model, run_.head, total)
+    try:
+        save_checkpoint(cfg.output_dir, run_.model, meta, run_.tokenizer, result,
+                        [e.to_dict() for e in dataset.validation[:VALIDATION_EXAMPLES]],
+                        overwrite=Path(cfg.output_dir).exists(), extra_files={LOG_FILE: run_.log.text()})
+    except UserError:
+        raise
+    except OSError as e:  # a full disk, a lost mount: atomic_directory has removed the partial copy
+        raise TrainError(f"cannot write the checkpoint {cfg.output_dir} ({e.strerror or e}); nothing was written: "
+                         "free space or choose another --output-dir, then train again") from None
     shutil.rmtree(cfg.state_dir, ignore_errors=True)  # the run is complete: its working state goes
     print(report.table(result), flush=True)
     return result
 
 
-def _check_snapshot(cfg: TrainConfig, snapshot, data_record: dict) -> None:
+def _check_snapshot(cfg: TrainConfig, snapshot, data_record: dict, total: int) -> None:
+    if not 0 < snapshot.step < total:  # resuming there would write a checkpoint that lies about its steps
+        raise TrainError(f"the resume state in {cfg.state_dir} is damaged (step {snapshot.step}, but this run has "
+                         f"{total} steps); pass --overwrite to start over")
     changed = _changed(cfg.resume_key(), snapshot.options)
     if changed:
         raise TrainError(f"--resume with other options than the interrupted run ({', '.join(changed)}); "

@@ -16,8 +16,10 @@ saved RNG states are restored too, for anything else that draws random numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from blora_export.atomic import atomic_directory
+from blora_export.errors import first_line
 from blora_export.roles import trained_keys, trained_state
 
 from .errors import TrainError
@@ -116,10 +119,20 @@ def snapshot_step(root: Path) -> int | None:
         return None
 
 
+def check_finite(model: nn.Module, head: list[str], step: int) -> None:
+    """Never save NaN or inf weights: `compress` would refuse them, and a resume would only continue the damage."""
+    bad = [k for k, v in sorted(trained_state(model, head).items()) if v.is_floating_point() and
+           not torch.isfinite(v).all()]
+    if bad:
+        raise TrainError(f"training diverged: after step {step} the trained tensor {bad[0]} holds NaN or inf and "
+                         "nothing was saved; lower --lr, --range-lr or --gate-lr and train again")
+
+
 def save_snapshot(root: Path, step: int, model: nn.Module, head: list[str], optimizer, options: dict[str, Any],
                   data: dict[str, Any], extras: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
+    check_finite(model, head, step)
     opt_tensors, skeleton = {}, {}
     for name, state in optimizer.state_dict().items():
         tensors, skeleton[name] = flatten_optimizer(state)
@@ -127,12 +140,20 @@ def save_snapshot(root: Path, step: int, model: nn.Module, head: list[str], opti
     rng_json, rng_tensors = rng_states()
     record = {"format": FORMAT, "step": step, "options": options, "data": data, "optimizer": skeleton,
               "rng": rng_json, "extras": extras}
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with atomic_directory(Path(root) / SNAPSHOT, overwrite=True) as tmp:
-        save_file(trained_state(model, head), str(tmp / "trained.safetensors"))
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(rng_tensors, str(tmp / "rng.safetensors"))
-        (tmp / STATE_FILE).write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with atomic_directory(Path(root) / SNAPSHOT, overwrite=True) as tmp:
+            save_file(trained_state(model, head), str(tmp / "trained.safetensors"))
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            save_file(rng_tensors, str(tmp / "rng.safetensors"))
+            (tmp / STATE_FILE).write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
+    except OSError as e:  # a full disk: the previous snapshot (if any) is left as it was
+        raise TrainError(f"cannot save the resume state in {root} at step {step} ({e.strerror or e}); free space "
+                         "or pass a larger --save-steps") from None
+
+
+# The types state.json's entries must have: a damaged file is refused before any value is used.
+RECORD_TYPES = {"step": int, "options": dict, "data": dict, "optimizer": dict, "rng": dict, "extras": dict}
 
 
 def load_snapshot(root: Path) -> Snapshot:
@@ -145,16 +166,50 @@ def load_snapshot(root: Path) -> Snapshot:
         tensors = load_file(str(directory / "trained.safetensors"))
         opt_tensors = load_file(str(directory / "optimizer.safetensors"))
         rng_tensors = load_file(str(directory / "rng.safetensors"))
-    except (OSError, ValueError, SafetensorError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise TrainError(f"the resume state in {directory} is unreadable ({e}); pass --overwrite to start over") \
-            from None
-    if record.get("format") != FORMAT:
-        raise TrainError(f"the resume state in {directory} has format {record.get('format')!r}, expected {FORMAT}")
-    optimizer = {name: unflatten_optimizer({k[len(name) + 1:]: v for k, v in opt_tensors.items()
-                                            if k.startswith(name + ".")}, skeleton)
-                 for name, skeleton in record["optimizer"].items()}
-    return Snapshot(int(record["step"]), record["options"], record["data"], tensors, optimizer,
-                    {**record["rng"], "tensors": rng_tensors}, record["extras"])
+    except (OSError, ValueError, RecursionError, SafetensorError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise damaged(directory, f"unreadable: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise TrainError(f"the resume state in {directory} has format {found!r}, expected {FORMAT}; "
+                         "pass --overwrite to start over")
+    for key, kind in RECORD_TYPES.items():
+        if not isinstance(record.get(key), kind) or isinstance(record[key], bool):
+            raise damaged(directory, f"{STATE_FILE}: {key!r} is missing or not a JSON {kind.__name__}")
+    for name, group in (("trained", tensors), ("optimizer", opt_tensors)):
+        bad = [k for k, v in sorted(group.items()) if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise damaged(directory, f"{name} tensor {bad[0]} holds NaN or inf")
+    with restoring(directory):
+        optimizer = {name: unflatten_optimizer({k[len(name) + 1:]: v for k, v in opt_tensors.items()
+                                                if k.startswith(name + ".")}, skeleton)
+                     for name, skeleton in record["optimizer"].items()}
+        return Snapshot(record["step"], record["options"], record["data"], tensors, optimizer,
+                        {**record["rng"], "tensors": rng_tensors}, record["extras"])
+
+
+def damaged(directory: Path, problem: str) -> TrainError:
+    return TrainError(f"the resume state in {directory} is damaged ({problem}); pass --overwrite to start over")
+
+
+@contextlib.contextmanager
+def restoring(directory: Path) -> Iterator[None]:
+    """Restoring a snapshot's values (optimizer skeletons, RNG states, the price): any value of the wrong kind or
+    shape is a damaged snapshot, not a bug, whatever error the library that takes it raises."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise damaged(directory, f"{type(e).__name__}: {first_line(e)}") from None
+
+
+def check_optimizer_shapes(optimizers: list, directory: Path) -> None:
+    """torch accepts optimizer moments of any shape and fails only at the next step: check them now."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if torch.is_tensor(value) and value.numel() > 1 and value.shape != p.shape:
+                        raise damaged(directory, f"optimizer {key} has shape {list(value.shape)}, "
+                                                 f"its parameter {list(p.shape)}")
 
 
 def load_trained(model: nn.Module, head: list[str], tensors: dict[str, torch.Tensor]) -> None:

@@ -222,27 +222,86 @@ def merge_config_file(ctx: click.Context, params: dict) -> dict:
     path = params.get("config_file")
     if not path:
         return params
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read --config {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path} must hold a JSON object of option names and values")
+    data = read_config_file(path)
     by_name = {p.name: p for p in ctx.command.params}
     merged = dict(params)
     for key, value in data.items():
         name = key.lstrip("-").replace("-", "_")
         if name not in by_name or name == "config_file":
-            raise UserError(f"--config {path}: unknown option {key!r}")
+            raise UserError(f"--config {path}: unknown option {key!r}; use the names of `blora-export train --help`")
         if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
             continue  # an explicit flag beats the file
         param = by_name[name]
+        if value is not None and not _JSON_KINDS[_json_kind(param)](value):
+            raise UserError(f"--config {path}: {key} must be {_json_kind(param)}, got {json.dumps(value)[:40]}")
         if name in ("weight_bits", "act_bits"):  # a JSON list of widths
             merged[name] = _bits(value)
             continue
+        if name == "lora_targets" and isinstance(value, list):  # a JSON list of module names
+            value = ",".join(value)
         try:
             value = None if value is None else param.type_cast_value(ctx, value)
         except click.BadParameter as e:
             raise UserError(f"--config {path}: {key}: {e.format_message()}") from None
+        except OverflowError:  # an integer too large for a float
+            raise UserError(f"--config {path}: {key} is out of range, got {json.dumps(value)[:40]}") from None
         merged[name] = param.callback(ctx, param, value) if param.callback and value is not None else value
     return merged
+
+
+def read_config_file(path: str) -> dict:
+    """The JSON object of --config FILE (a regular file: reading a pipe could block forever)."""
+    if not Path(path).is_file():
+        what = "is a directory" if Path(path).is_dir() else "is not a regular file" if Path(path).exists() \
+            else "does not exist"
+        raise UserError(f"--config {path} {what}; pass a JSON file of options")
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) < len(keys):
+            raise UserError(f"--config {path} gives option {next(k for k in keys if keys.count(k) > 1)!r} twice")
+        return dict(pairs)
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits: ValueErrors
+        raise UserError(f"cannot read --config {path}: {e}") from None
+    except RecursionError:
+        raise UserError(f"--config {path} nests JSON too deeply; it must hold one object of option values") \
+            from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold a JSON object of option names and values")
+    return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# The JSON values each kind of option takes: no bool for a number, no 2.5 for an integer, no list for one value.
+_JSON_KINDS = {
+    "true or false": lambda v: isinstance(v, bool),
+    "a list of integers": lambda v: isinstance(v, str) or isinstance(v, list) and all(map(_is_int, v)),
+    "a name or a list of names": lambda v: isinstance(v, str) or isinstance(v, list) and all(
+        isinstance(t, str) for t in v),
+    "a number or \"none\"": lambda v: isinstance(v, str) or _is_int(v) or isinstance(v, float),
+    "an integer": _is_int,
+    "a number": lambda v: _is_int(v) or isinstance(v, float),
+    "a string": lambda v: isinstance(v, str),
+}
+
+
+def _json_kind(param: click.Parameter) -> str:
+    if getattr(param, "is_flag", False):
+        return "true or false"
+    if param.name in ("weight_bits", "act_bits"):
+        return "a list of integers"
+    if param.name == "lora_targets":
+        return "a name or a list of names"
+    if param.callback is _optional_float:
+        return "a number or \"none\""
+    if isinstance(param.type, click.types.IntParamType):
+        return "an integer"
+    if isinstance(param.type, click.types.FloatParamType):
+        return "a number"
+    return "a string"

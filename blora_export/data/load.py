@@ -8,8 +8,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .spec import DataError, DataSpec
@@ -49,9 +51,9 @@ def read_table(path: str | Path, header: bool = True) -> list[dict]:
     with or without a byte-order mark (the official GLUE files of MRPC start with one)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    _check_file(path)
     if suffix not in EXTENSIONS:
         raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {list(EXTENSIONS)}")
-    _check_file(path)
     csv.field_size_limit(sys.maxsize)  # long GLUE parse-tree columns (MNLI) exceed the default
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
@@ -88,7 +90,7 @@ def _json_rows(path: Path, text: str, lines: bool) -> list[dict]:
                 lines = True  # many ".json" files are JSON lines (the datasets library accepts both)
         if lines:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
         raise DataError(f"{path} is not valid JSON or JSON lines ({e})") from None
     except RecursionError:
         raise DataError(f"{path} nests JSON too deeply to be a table of examples") from None
@@ -128,19 +130,22 @@ def _columns(spec: DataSpec, task: Task | None, rows: list[dict], path) -> tuple
 
 # ---- labels --------------------------------------------------------------------------------------
 def label_key(raw) -> str:
-    """One spelling per label: 1, 1.0, "1" and " 1 " are the label "1"; true and "True" the label "true"."""
+    """One spelling per label: 1, 1.0, "1" and " 1 " are the label "1"; true and "True" the label "true".
+    Numbers compare exactly (Decimal, not float): "10000000000000000000001" and "1e22" stay two labels."""
     if isinstance(raw, bool):
         return "true" if raw else "false"
-    if isinstance(raw, int | float) and not isinstance(raw, bool) and float(raw).is_integer():
-        return str(int(raw))
-    key = str(raw).strip()
+    if isinstance(raw, int):
+        return str(raw)
+    key = repr(raw) if isinstance(raw, float) else str(raw).strip()
     if key.lower() in ("true", "false"):
         return key.lower()
     try:
-        number = float(key)
-    except ValueError:
+        number = Decimal(key)
+    except InvalidOperation:
         return key
-    return str(int(number)) if number.is_integer() and math.isfinite(number) else key
+    if number.is_finite() and number == number.to_integral_value() and number.adjusted() < 64:
+        return str(int(number))
+    return key
 
 
 def _label_id(raw, task: Task, where: str) -> int | float:
@@ -241,6 +246,8 @@ def _from_glue_dir(spec: DataSpec, task: Task | None) -> Dataset:
     else:
         train, dev = directory / "train.tsv", directory / task.dev_file
     for path, kind in ((train, "train"), (dev, "validation")):
+        if path is not None and os.path.lexists(path):
+            _check_file(path)  # there, but a directory, a pipe or a dangling link
         if path is None or not path.is_file():
             expected = f"train.tsv and {task.dev_file}" if task else "train.* and dev.* (tsv, csv, json, jsonl)"
             raise DataError(f"--data-dir {directory} has no {kind} file; expected the GLUE layout ({expected})")

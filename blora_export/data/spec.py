@@ -26,6 +26,7 @@ class DataSpec:
     max_seq_length: int = 128
 
     def validate(self) -> DataSpec:
+        from ..config import check_number
         from .tasks import TASK_NAMES
 
         if self.task not in TASK_NAMES:
@@ -33,13 +34,16 @@ class DataSpec:
         files = (self.train_file, self.validation_file)
         if self.data_dir and any(files):
             raise DataError("pass either --data-dir or --train-file/--validation-file, not both")
-        for path in (self.data_dir, *files):
+        for option, path in (("--data-dir", self.data_dir), ("--train-file", files[0]),
+                             ("--validation-file", files[1])):
             if path and not Path(path).exists():
-                raise DataError(f"data path {path} does not exist")
+                raise DataError(f"{option} {path} does not exist")
+        if self.data_dir and not Path(self.data_dir).is_dir():
+            raise DataError(f"--data-dir {self.data_dir} is not a directory; pass the directory that holds the "
+                            "train and dev files (or the files as --train-file/--validation-file)")
         for name in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.max_seq_length < 2:
-            raise DataError(f"--max-seq-length must be >= 2 (room for the special tokens), got {self.max_seq_length}")
+            if getattr(self, name) is not None:
+                check_number(f"--{name.replace('_', '-')}", getattr(self, name), 1, integer=True, error=DataError)
+        # room for the special tokens
+        check_number("--max-seq-length", self.max_seq_length, 2, integer=True, error=DataError)
         return self
