@@ -90,13 +90,18 @@ def test_bad_config_file(case, tmp_path):
     _refused(_train(tmp_path, "--config", config), tmp_path, inputs, before, *needles)
 
 
+def _special_file(path: Path, kind: str) -> Path:
+    """`path` as a directory, a FIFO (reading it would block forever) or nothing ("missing")."""
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    return path
+
+
 @pytest.mark.parametrize("kind", ["directory", "fifo", "missing"])
 def test_config_file_that_is_not_a_file(kind, tmp_path):
-    config = tmp_path / "options.json"
-    if kind == "directory":
-        config.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(config)  # reading it would block forever
+    config = _special_file(tmp_path / "options.json", kind)
     needle = {"directory": "is a directory", "fifo": "not a regular file", "missing": "does not exist"}[kind]
     _refused(_train(tmp_path, "--config", config), tmp_path, [], [], "--config", needle)
 
@@ -480,11 +485,7 @@ def test_hostile_glue_directory(case, tmp_path):
 
 @pytest.mark.parametrize("kind", ["dir", "fifo", "missing"])
 def test_validation_file_that_is_not_a_file(kind, tmp_path):
-    path = tmp_path / "dev.tsv"
-    if kind == "dir":
-        path.mkdir()
-    elif kind == "fifo":
-        os.mkfifo(path)
+    path = _special_file(tmp_path / "dev.tsv", "directory" if kind == "dir" else kind)
     needle = {"dir": "is a directory", "fifo": "not a regular file", "missing": "--validation-file"}[kind]
     _refused(_train(tmp_path, files=(sst2_data() / "train.tsv", path)), tmp_path, [], [], str(path), needle)
 
