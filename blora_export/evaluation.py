@@ -33,8 +33,9 @@ class EvalOptions:
         if bool(self.data.data_dir) == bool(self.data.validation_file) or self.data.train_file:
             raise EvalError("pass the validation data as exactly one of --data-dir DIR or --validation-file FILE")
         # Say what is there (the data reader would report a directory or a pipe as an unknown file type).
-        if self.data.validation_file and file_problem(self.data.validation_file):
-            raise EvalError(f"--validation-file {self.data.validation_file} {file_problem(self.data.validation_file)}"
+        problem = file_problem(self.data.validation_file) if self.data.validation_file else None
+        if problem:
+            raise EvalError(f"--validation-file {self.data.validation_file} {problem}"
                             "; pass a .csv, .tsv, .json or .jsonl file")
         if self.data.data_dir and Path(self.data.data_dir).exists() and not Path(self.data.data_dir).is_dir():
             raise EvalError(f"--data-dir {self.data.data_dir} is a file, not a directory; pass the directory of "

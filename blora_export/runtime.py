@@ -50,8 +50,8 @@ def read_deploy(out_dir: str | Path) -> Deploy:
     if not Path(out_dir).is_dir():
         problem = "is not a directory" if Path(out_dir).exists() else "does not exist"
         raise DeploymentError(f"{out_dir} {problem}; pass the --output-dir of `blora-export compress`")
-    if file_problem(path):
-        raise DeploymentError(f"{path} {file_problem(path)}; {out_dir} is not a `blora-export compress` output "
+    if problem := file_problem(path):
+        raise DeploymentError(f"{path} {problem}; {out_dir} is not a `blora-export compress` output "
                               "directory")
     try:
         return Deploy.read(out_dir)
@@ -143,8 +143,8 @@ def load(out_dir: str | Path, providers: list[str] | None = None, threads: int |
     out_dir = Path(out_dir)
     deploy = read_deploy(out_dir)
     model = out_dir / deploy.model
-    if file_problem(model):
-        raise DeploymentError(f"{model} {file_problem(model)}; re-run `blora-export compress`")
+    if problem := file_problem(model):
+        raise DeploymentError(f"{model} {problem}; re-run `blora-export compress`")
     try:
         session = ort.InferenceSession(str(model), session_options(deploy.session_config, threads),
                                        providers=providers or ["CPUExecutionProvider"])

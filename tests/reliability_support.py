@@ -71,6 +71,19 @@ def copy_export(dest: Path) -> Path:
     return dest
 
 
+def truncate_file(path: Path) -> None:
+    """Keep the first half of the file: a download or a write cut off."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def garble_safetensors_header(path: Path) -> None:
+    """Overwrite the start of a safetensors file's JSON header (its length field stays)."""
+    data = bytearray(path.read_bytes())
+    data[8:16] = b"\x00garbage"
+    path.write_bytes(bytes(data))
+
+
 def tree_hashes(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(Path(directory).rglob("*")) if p.is_file()}

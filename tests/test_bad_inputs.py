@@ -18,10 +18,12 @@ from reliability_support import (
     base_model,
     cli_subprocess,
     copy_checkpoint,
+    garble_safetensors_header,
     other_base_model,
     sst2_data,
     train_args,
     tree_hashes,
+    truncate_file,
 )
 
 from blora_export.cli import main
@@ -177,14 +179,11 @@ def _first_key(tensors, marker="lora_A"):
 
 
 def _truncate(c: Path) -> None:
-    data = (c / "trained.safetensors").read_bytes()
-    (c / "trained.safetensors").write_bytes(data[: len(data) // 2])
+    truncate_file(c / "trained.safetensors")
 
 
 def _bad_header(c: Path) -> None:
-    data = bytearray((c / "trained.safetensors").read_bytes())
-    data[8:16] = b"\x00garbage"
-    (c / "trained.safetensors").write_bytes(bytes(data))
+    garble_safetensors_header(c / "trained.safetensors")
 
 
 def _huge_header_length(c: Path) -> None:

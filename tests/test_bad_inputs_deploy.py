@@ -20,6 +20,7 @@ from reliability_support import (
     exported_model,
     sst2_data,
     tree_hashes,
+    truncate_file,
 )
 from test_bad_inputs import _fail_export, invoke, one_line_error
 
@@ -46,11 +47,6 @@ def _replace_text(path: Path, old: str, new: str) -> None:
     text = path.read_text()
     assert old in text, old
     path.write_text(text.replace(old, new))
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 def _replace_with_dir(path: Path) -> None:
@@ -83,7 +79,7 @@ def _vocabulary_beyond_embeddings(out: Path) -> None:
 # ---- eval: a damaged compress output ------------------------------------------------------------------------
 EVAL_EXPORT_CASES = {
     # model.onnx
-    "model-truncated": (lambda o: _truncate(o / "model.onnx"), ["model.onnx", "onnxruntime can load"]),
+    "model-truncated": (lambda o: truncate_file(o / "model.onnx"), ["model.onnx", "onnxruntime can load"]),
     "model-garbage": (lambda o: (o / "model.onnx").write_bytes(b"\x00garbage" * 50),
                       ["model.onnx", "onnxruntime can load"]),
     "model-empty": (lambda o: (o / "model.onnx").write_bytes(b""), ["model.onnx", "onnxruntime can load"]),

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from reliability_support import ROOT, base_model, sst2_data, train_args, tree_hashes
+from reliability_support import (
+    ROOT,
+    base_model,
+    garble_safetensors_header,
+    sst2_data,
+    train_args,
+    tree_hashes,
+    truncate_file,
+)
 from test_bad_inputs import invoke, one_line_error
 
 from train.loop import INTERRUPT_ENV
@@ -217,10 +225,7 @@ def _edit_rng(part: str, value):
 
 
 def _truncate(name: str):
-    def edit(latest: Path):
-        data = (latest / name).read_bytes()
-        (latest / name).write_bytes(data[: len(data) // 2])
-    return edit
+    return lambda latest: truncate_file(latest / name)
 
 
 def _edit_tensors(name: str, fn):
@@ -347,14 +352,11 @@ def _evil_pickle(d: Path) -> None:
 
 
 def _truncate_weights(d: Path) -> None:
-    data = (d / "model.safetensors").read_bytes()
-    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    truncate_file(d / "model.safetensors")
 
 
 def _garbage_header(d: Path) -> None:
-    data = bytearray((d / "model.safetensors").read_bytes())
-    data[8:16] = b"\x00garbage"
-    (d / "model.safetensors").write_bytes(bytes(data))
+    garble_safetensors_header(d / "model.safetensors")
 
 
 MODEL_CASES = {

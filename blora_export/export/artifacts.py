@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, one_line
+from .options import PROFILES
 
 AUDIT_FORMAT, AUDIT_VERSION = "blora-export audit", 1
 DEPLOY_FORMAT, DEPLOY_VERSION = "blora-export deploy", 1
@@ -370,8 +371,6 @@ class Deploy(_Record):
             problems.append("input_names must be distinct non-empty names and output_name non-empty")
         if Path(deploy.model).name != deploy.model or not deploy.model:
             problems.append(f"model {deploy.model!r} is not a file name inside the directory")
-        from .options import PROFILES
-
         if deploy.profile not in PROFILES:
             problems.append(f"profile {deploy.profile!r} is not one of {list(PROFILES)}")
         if deploy.opset < 1:

@@ -24,8 +24,8 @@ def load_onnx(path: str | Path):
     import onnx
 
     path = Path(path)
-    if file_problem(path):
-        raise AuditError(f"{path} {file_problem(path)}; pass an .onnx file (e.g. OUT/model.onnx of compress)")
+    if problem := file_problem(path):
+        raise AuditError(f"{path} {problem}; pass an .onnx file (e.g. OUT/model.onnx of compress)")
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, external data missing, ...

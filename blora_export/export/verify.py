@@ -55,8 +55,8 @@ class NoiseFloor:
 def read_examples(path: str | Path) -> list[dict]:
     """JSON lines with "text" (and "text_pair" for pair tasks, optional "label")."""
     path = Path(path)
-    if file_problem(path):
-        raise DataError(f"--validation-file {path} {file_problem(path)}; pass a JSON lines file")
+    if problem := file_problem(path):
+        raise DataError(f"--validation-file {path} {problem}; pass a JSON lines file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
