@@ -24,12 +24,12 @@ from .atomic import atomic_directory
 from .base_model import fingerprint, load_base_model
 from .bops import MacProfile
 from .config import BLoRAConfig, ConfigError
-from .data.tasks import TASK_NAMES
+from .data.tasks import MAX_LENGTH_LIMIT, PROBLEM_TYPES, TASK_NAMES
 from .errors import UserError, file_problem, first_line
-from .export.artifacts import MAX_LENGTH_LIMIT, PROBLEM_TYPES, from_json, parse_json
 from .inject import Injection, inject
 from .roles import trained_keys, trained_state
 from .targets import TargetError
+from .typed_json import from_json, parse_json
 
 SCHEMA_VERSION = 2  # 2: learned BOP price and budget, deploy target, log-parameterised affine ranges
 META_FILE = "checkpoint.json"

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError, file_problem, one_line
-from .export.artifacts import DEPLOY_FILE, ArtifactError, Deploy
+from .export.artifacts import DEPLOY_FILE, Deploy
+from .typed_json import JsonShapeError
 
 # Guard: onnxruntime's WeightBiasQuantization pass would re-quantize an fp32 weight that sits next to a
 # quantized activation (int8 per tensor). The export never builds that pattern; the loader disables it anyway.
@@ -55,7 +56,7 @@ def read_deploy(out_dir: str | Path) -> Deploy:
                               "directory")
     try:
         return Deploy.read(out_dir)
-    except ArtifactError as e:
+    except JsonShapeError as e:
         raise DeploymentError(f"{e}; re-run `blora-export compress`") from None
 
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from .spec import DataError
 
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+# Longest sequence a checkpoint or deploy.json may ask the tokenizer for: far beyond any encoder's positions, and
+# small enough for the tokenizers library (a 1e30 max_length overflows there).
+MAX_LENGTH_LIMIT = 1 << 20
+
 
 @dataclass(frozen=True)
 class Task:

@@ -12,119 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError, one_line
+from ..data.tasks import MAX_LENGTH_LIMIT, PROBLEM_TYPES
+from ..errors import one_line
+from ..typed_json import JsonShapeError, Record, from_json
 from .options import PROFILES
 
 AUDIT_FORMAT, AUDIT_VERSION = "blora-export audit", 1
 DEPLOY_FORMAT, DEPLOY_VERSION = "blora-export deploy", 1
 AUDIT_FILE, DEPLOY_FILE, MODEL_FILE = "audit.json", "deploy.json", "model.onnx"
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-# Longest sequence a deploy.json may ask the tokenizer for: far beyond any encoder's positions, and small enough
-# for the tokenizers library (a 1e30 max_length overflows there).
-MAX_LENGTH_LIMIT = 1 << 20
-
-
-class ArtifactError(UserError, ValueError):
-    """An audit.json or deploy.json that does not have the shape this version writes."""
-
-
-# ---- a small typed JSON mapping -------------------------------------------------------------------------------
-def _to_json(value: Any) -> Any:
-    if isinstance(value, Verification):  # the one record with its own JSON shape
-        return value.to_dict()
-    if dataclasses.is_dataclass(value):
-        omit = getattr(value, "OMIT_IF_NONE", ())
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if not (f.name in omit and getattr(value, f.name) is None)}
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
-    return value
-
-
-def _at(where: str, name: Any) -> str:
-    return f"{where}.{name}" if where else str(name)
-
-
-def parse_json(value: Any, kind: Any, where: str) -> Any:
-    """`value` (parsed JSON) as the annotated type `kind`; an ArtifactError names the field at fault (`where`:
-    its path, '' at the top level)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in options:
-            try:
-                return parse_json(value, option, where)
-            except ArtifactError:
-                continue
-        raise ArtifactError(f"{where} has an unexpected value {value!r:.60}")
-    if kind is Verification:
-        return Verification.from_dict(value, where)
-    if dataclasses.is_dataclass(kind):
-        return from_json(kind, value, where)
-    if origin in (list, tuple):  # tuple[int, ...]: a JSON list
-        if not isinstance(value, list):
-            raise ArtifactError(f"{where} must be a list")
-        return [parse_json(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ArtifactError(f"{where} must be an object")
-        return {str(k): parse_json(v, args[1], _at(where, k)) for k, v in value.items()}
-    if kind is Any:
-        return value
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):  # Python's json reads NaN and Infinity; no field of ours holds them
-            raise ArtifactError(f"{where} must be a finite number, got {value!r}")
-        return value  # JSON writes 2.0 as 2.0 and 2 as 2: keep what was written
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind in (str, bool) and type(value) is kind:
-        return value
-    raise ArtifactError(f"{where} must be of type {getattr(kind, '__name__', kind)}, got {value!r:.60}")
-
-
-def from_json(cls: type, data: Any, where: str) -> Any:
-    """The dataclass `cls` from a parsed JSON object, every field type-checked (`where`: as in parse_json)."""
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{where or 'the file'} must be an object")
-    hints = typing.get_type_hints(cls)
-    kwargs, known = {}, set()
-    for f in dataclasses.fields(cls):
-        known.add(f.name)
-        if f.name in data:
-            kwargs[f.name] = parse_json(data[f.name], hints[f.name], _at(where, f.name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ArtifactError(f"{where or 'the file'} has no field {f.name!r}")
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ArtifactError(f"{where or 'the file'} has unknown fields {unknown[:3]}")
-    return cls(**kwargs)
-
-
-class _Record:
-    """to_dict/from_dict for the dataclasses below."""
-
-    def to_dict(self) -> dict:
-        return _to_json(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str | None = None):
-        return from_json(cls, data, where or cls.__name__)
 
 
 # ---- audit.json -----------------------------------------------------------------------------------------------
 @dataclass
-class LayerRecord(_Record):
+class LayerRecord(Record):
     """One linear layer (its calls summed) or one attention product."""
 
     OMIT_IF_NONE = ("kernel", "adapter_macs")
@@ -144,14 +48,14 @@ class LayerRecord(_Record):
 
 
 @dataclass
-class Scope(_Record):
+class Scope(Record):
     bops: int
     bops_fp32: int
     reduction: float
 
 
 @dataclass
-class Totals(_Record):
+class Totals(Record):
     OMIT_IF_NONE = ("unmerged_adapter_macs",)
     whole_model: Scope
     adapted: Scope
@@ -160,7 +64,7 @@ class Totals(_Record):
 
 
 @dataclass
-class Size(_Record):
+class Size(Record):
     OMIT_IF_NONE = ("fp32_onnx_bytes_source",)
     onnx_bytes: int
     fp32_onnx_bytes: int
@@ -169,7 +73,7 @@ class Size(_Record):
 
 
 @dataclass
-class ModelInfo(_Record):
+class ModelInfo(Record):
     base_model: str
     model_type: str
     method: str
@@ -179,14 +83,14 @@ class ModelInfo(_Record):
 
 
 @dataclass
-class ExportInfo(_Record):
+class ExportInfo(Record):
     profile: str
     opset: int
     input_names: list[str]
 
 
 @dataclass
-class EmbeddingRecord(_Record):
+class EmbeddingRecord(Record):
     name: str
     bits: int
     container: str
@@ -195,7 +99,7 @@ class EmbeddingRecord(_Record):
 
 
 @dataclass
-class Agreement(_Record):
+class Agreement(Record):
     """onnxruntime against the PyTorch reference on the verification inputs, for one set of session options."""
 
     n_inputs: int
@@ -221,11 +125,12 @@ class Agreement(_Record):
 
 
 @dataclass
-class Verification(_Record):
+class Verification(Record):
     """The audit's `verify` section. In JSON: {"skipped": true} (--no-verify), or the loader options' agreement
     at the top level with the rule it was held to, the session config, and the agreement under onnxruntime's
     default options."""
 
+    OWN_JSON_SHAPE = True
     loader: Agreement | None = None  # None: skipped
     default_options: Agreement | None = None
     session_config: dict[str, str] = field(default_factory=dict)
@@ -247,7 +152,7 @@ class Verification(_Record):
         if data == {"skipped": True}:
             return cls()
         if not isinstance(data, dict):
-            raise ArtifactError(f"{where} must be an object")
+            raise JsonShapeError(f"{where} must be an object")
         names = {f.name for f in dataclasses.fields(Agreement)}
         extra = {k: v for k, v in data.items() if k not in names}
         rest = from_json(_VerificationRest, extra, where)
@@ -256,21 +161,21 @@ class Verification(_Record):
 
 
 @dataclass
-class _VerificationRest(_Record):
+class _VerificationRest(Record):
     default_options: Agreement
     session_config: dict[str, str]
     rule: str
 
 
 @dataclass
-class RuntimeKernels(_Record):
+class RuntimeKernels(Record):
     integer_products_expected: int
     integer_products_found: int
     ops: dict[str, int]
 
 
 @dataclass
-class Audit(_Record):
+class Audit(Record):
     """audit.json: the BOP audit of one ONNX graph (compress) or of any ONNX file (blora-export audit)."""
 
     OMIT_IF_NONE = ("model", "export", "embeddings", "verify", "runtime_kernels", "source", "blora_export_graph")
@@ -297,14 +202,14 @@ class Audit(_Record):
         where = where or AUDIT_FILE
         audit = from_json(cls, data, where)
         if (audit.format, audit.version) != (AUDIT_FORMAT, AUDIT_VERSION):
-            raise ArtifactError(f"{where} is format {audit.format!r} version {audit.version}, "
+            raise JsonShapeError(f"{where} is format {audit.format!r} version {audit.version}, "
                                 f"expected {AUDIT_FORMAT!r} version {AUDIT_VERSION}")
         t, size = audit.totals, audit.size
         counts = [audit.attention_macs, t.w8a8_reference_bops, t.whole_model.bops, t.whole_model.bops_fp32,
                   t.adapted.bops, t.adapted.bops_fp32, *(n for r in audit.layers for n in (r.macs, r.bops, r.calls))]
         # Sizes and counts are never negative: a reader (the size ratio of `blora-export audit`) divides by them.
         if audit.seq_len < 1 or min(size.onnx_bytes, size.fp32_onnx_bytes, size.ratio) <= 0 or min(counts) < 0:
-            raise ArtifactError(f"{where} has a negative or zero count, size or seq_len")
+            raise JsonShapeError(f"{where} has a negative or zero count, size or seq_len")
         return audit
 
     @classmethod
@@ -338,7 +243,7 @@ def build_audit(graph, size: Size, notes: list[str], plan=None, **sections) -> A
 
 # ---- deploy.json ----------------------------------------------------------------------------------------------
 @dataclass
-class Deploy(_Record):
+class Deploy(Record):
     """deploy.json: what a runtime needs to serve model.onnx (blora_export.runtime reads it)."""
 
     input_names: list[str]
@@ -358,7 +263,7 @@ class Deploy(_Record):
         where = where or DEPLOY_FILE
         deploy = from_json(cls, data, where)
         if (deploy.format, deploy.version) != (DEPLOY_FORMAT, DEPLOY_VERSION):
-            raise ArtifactError(f"{where} is format {deploy.format!r} version {deploy.version}, expected "
+            raise JsonShapeError(f"{where} is format {deploy.format!r} version {deploy.version}, expected "
                                 f"{DEPLOY_FORMAT!r} version {DEPLOY_VERSION}")
         problems = []
         if not 1 <= deploy.max_length <= MAX_LENGTH_LIMIT:
@@ -376,7 +281,7 @@ class Deploy(_Record):
         if deploy.opset < 1:
             problems.append(f"opset {deploy.opset} is not a positive version")
         if problems:
-            raise ArtifactError(f"{where} has invalid values ({'; '.join(problems)})")
+            raise JsonShapeError(f"{where} has invalid values ({'; '.join(problems)})")
         return deploy
 
     @classmethod
@@ -397,11 +302,11 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing") from None
+        raise JsonShapeError(f"{path} is missing") from None
     except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, an int of 5000 digits
-        raise ArtifactError(f"{path} is not readable JSON ({type(e).__name__}: {one_line(e)[:200]})") from None
+        raise JsonShapeError(f"{path} is not readable JSON ({type(e).__name__}: {one_line(e)[:200]})") from None
 
 
-__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "DEPLOY_FILE", "MODEL_FILE", "Agreement", "ArtifactError", "Audit",
+__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "DEPLOY_FILE", "MODEL_FILE", "Agreement", "JsonShapeError", "Audit",
            "Deploy", "EmbeddingRecord", "ExportInfo", "LayerRecord", "ModelInfo", "RuntimeKernels", "Scope", "Size",
            "Totals", "Verification", "build_audit"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import file_problem
-from .artifacts import AUDIT_FILE, ArtifactError, Audit, Size, build_audit
+from ..typed_json import JsonShapeError
+from .artifacts import AUDIT_FILE, Audit, Size, build_audit
 from .foreign_graph import foreign_notes, name_layers_by_module
 from .graph_audit import audit_graph
 from .graph_products import INT_BITS, MATMUL_OPERANDS, AuditError
@@ -57,7 +58,7 @@ def _measured_fp32_bytes(path: Path, onnx_bytes: int) -> int | None:
         return None
     try:
         size = Audit.read(sibling).size
-    except ArtifactError:
+    except JsonShapeError:
         return None
     return size.fp32_onnx_bytes if size.onnx_bytes == onnx_bytes and size.fp32_onnx_bytes > 0 else None
 
