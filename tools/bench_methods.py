@@ -349,10 +349,10 @@ def targets(summary: dict[str, dict], latency: dict) -> list[tuple[str, bool | N
             out.append((f"{n}: ONNX vs PyTorch agreement >= 99.5%", agreement >= 0.995, f"{agreement:.2%}"))
         size = mean(n, "size")
         if size is not None:
-            out.append((f"{n}: file <= 0.27x fp32 (speed profile)", size <= 0.27, f"{size:.2f}x"))
+            out.append((f"{n}: file <= 0.26x fp32 (speed profile)", size <= 0.26, f"{size:.3f}x"))
         size = mean(n, "size_profile_size")
         if size is not None:
-            out.append((f"{n}: file <= 0.15x fp32 (size profile)", size <= 0.15, f"{size:.2f}x"))
+            out.append((f"{n}: file <= 0.15x fp32 (size profile)", size <= 0.15, f"{size:.3f}x"))
         mine, dynamic = latency_name(n), bench_latency.DYNAMIC
         for setting, ms in latency.items():
             if mine in ms and dynamic in ms:
@@ -363,7 +363,8 @@ def targets(summary: dict[str, dict], latency: dict) -> list[tuple[str, bool | N
             out.append((f"{n}: training step time <= 1.5x PEFT LoRA", step <= 1.5 * peft, f"{step / peft:.2f}x"))
         seconds = mean(n, "compress_seconds")
         if seconds is not None:
-            out.append((f"{n}: compress <= 60 s", seconds <= 60, f"{seconds:.0f} s"))
+            # the target holds on an idle 2-core machine; a benchmark sharing its cores reads high
+            out.append((f"{n}: compress <= 45 s", seconds <= 45, f"{seconds:.0f} s"))
     return out
 
 
