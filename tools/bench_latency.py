@@ -27,6 +27,10 @@ import click
 import numpy as np
 
 FP32, DYNAMIC = "fp32", "quantize_dynamic"
+# Pause before each timed run: onnxruntime's idle worker threads spin for a while after a run, and with the
+# models interleaved the previous session's spinning threads would take a core from the one being timed (measured:
+# fp32 at 2 threads x batch 1 read 64 ms interleaved without the pause, 28 ms with it).
+SETTLE_SECONDS = 0.05
 BENCH_MODELS = {"fp32": "lora/onnx-speed", "quantize_dynamic": "dynamic/onnx-speed",
                 "quantize_static": "static/onnx-speed", "qat W8A8": "qat/onnx-speed"}
 
@@ -104,6 +108,7 @@ def measure(models: dict[str, Path], threads: list[int], batches: list[int], seq
                 s.run(None, feeds[k])
             for _ in range(runs):
                 for k, s in sessions.items():
+                    time.sleep(SETTLE_SECONDS)
                     start = time.perf_counter()
                     s.run(None, feeds[k])
                     times[k].append(time.perf_counter() - start)
