@@ -37,7 +37,7 @@ def _at(where: str, name: Any) -> str:
 
 
 def parse_json(value: Any, kind: Any, where: str) -> Any:
-    """`value` (parsed JSON) as the annotated type `kind`; an JsonShapeError names the field at fault (`where`:
+    """`value` (parsed JSON) as the annotated type `kind`; a JsonShapeError names the field at fault (`where`:
     its path, '' at the top level)."""
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):

@@ -203,7 +203,7 @@ class Audit(Record):
         audit = from_json(cls, data, where)
         if (audit.format, audit.version) != (AUDIT_FORMAT, AUDIT_VERSION):
             raise JsonShapeError(f"{where} is format {audit.format!r} version {audit.version}, "
-                                f"expected {AUDIT_FORMAT!r} version {AUDIT_VERSION}")
+                                 f"expected {AUDIT_FORMAT!r} version {AUDIT_VERSION}")
         t, size = audit.totals, audit.size
         counts = [audit.attention_macs, t.w8a8_reference_bops, t.whole_model.bops, t.whole_model.bops_fp32,
                   t.adapted.bops, t.adapted.bops_fp32, *(n for r in audit.layers for n in (r.macs, r.bops, r.calls))]
@@ -264,7 +264,7 @@ class Deploy(Record):
         deploy = from_json(cls, data, where)
         if (deploy.format, deploy.version) != (DEPLOY_FORMAT, DEPLOY_VERSION):
             raise JsonShapeError(f"{where} is format {deploy.format!r} version {deploy.version}, expected "
-                                f"{DEPLOY_FORMAT!r} version {DEPLOY_VERSION}")
+                                 f"{DEPLOY_FORMAT!r} version {DEPLOY_VERSION}")
         problems = []
         if not 1 <= deploy.max_length <= MAX_LENGTH_LIMIT:
             problems.append(f"max_length {deploy.max_length} is outside 1..{MAX_LENGTH_LIMIT}")
@@ -307,6 +307,6 @@ def _read_json(path: Path) -> Any:
         raise JsonShapeError(f"{path} is not readable JSON ({type(e).__name__}: {one_line(e)[:200]})") from None
 
 
-__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "DEPLOY_FILE", "MODEL_FILE", "Agreement", "JsonShapeError", "Audit",
-           "Deploy", "EmbeddingRecord", "ExportInfo", "LayerRecord", "ModelInfo", "RuntimeKernels", "Scope", "Size",
-           "Totals", "Verification", "build_audit"]
+__all__ = ["AUDIT_FILE", "AUDIT_FORMAT", "DEPLOY_FILE", "MODEL_FILE", "Agreement", "Audit", "Deploy", "EmbeddingRecord",
+           "ExportInfo", "LayerRecord", "ModelInfo", "RuntimeKernels", "Scope", "Size", "Totals", "Verification",
+           "build_audit"]
