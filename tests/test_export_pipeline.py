@@ -26,6 +26,8 @@ from blora_export import runtime
 from blora_export.atomic import OutputExistsError
 from blora_export.checkpoint import CheckpointError, load_checkpoint
 from blora_export.export import pipeline
+from blora_export.export.fuse import FUSED_OP, MS_DOMAIN
+from blora_export.export.graph_products import GraphIndex
 from blora_export.export.options import resolve_kernel
 from blora_export.export.pipeline import CompressOptions, compress
 from blora_export.export.plan import KERNEL_INTEGER
@@ -90,6 +92,7 @@ def test_graph_holds_the_planned_representation(model_type, profile):
     assert [i.name for i in model.graph.input] == read_json(out / "deploy.json")["input_names"]
     assert [o.name for o in model.graph.output] == ["logits"]
     graph, produced, by_module = model.graph, _producer(model.graph), nodes_by_module(model)
+    constant = GraphIndex(model).is_constant
     expected_type = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8, "int4": TensorProto.INT4,
                      "int2": TensorProto.INT2, "int16": TensorProto.INT16, "fp32": TensorProto.FLOAT}
     for lp in result.plan.linears:
@@ -97,9 +100,21 @@ def test_graph_holds_the_planned_representation(model_type, profile):
         assert len(calls) == (2 if model_type == "deberta-v2" and lp.name.endswith(("query_proj", "key_proj"))
                               else 1)
         for node in calls:
+            # The integer path (<= 8-bit weight behind a 4/8-bit activation) is one fused onnxruntime node with
+            # the bias inside; every other Linear, and a product on a constant input, keeps the standard ops.
+            fused = node.op_type == FUSED_OP
+            on_constant = constant(node.input[0])  # DeBERTa's relative-position projections
+            assert on_constant == (len(calls) == 2 and node is not calls[0]), lp.name
+            assert fused == (lp.weight.delivery == "dq" and lp.act.mode == "qdq" and not on_constant), lp.name
             weight = produced.get(node.input[1])
             wp = lp.weight
-            if wp.delivery == "float":
+            if fused:
+                assert node.domain == MS_DOMAIN and weight is None and len(node.input) == 7
+                q, zp = _init(graph, node.input[1]), _init(graph, node.input[5])
+                assert q.data_type == expected_type[wp.container] == zp.data_type
+                assert set(onnx.numpy_helper.to_array(zp).tolist()) == {wp.zero_point}
+                assert _init(graph, node.input[6]).dims == [q.dims[1]]  # the bias, one per output column
+            elif wp.delivery == "float":
                 assert weight is None and _init(graph, node.input[1]).data_type == TensorProto.FLOAT
             elif wp.delivery == "dq":
                 assert weight.op_type == "DequantizeLinear" and weight.attribute[0].i == 1  # per output channel
@@ -112,8 +127,9 @@ def test_graph_holds_the_planned_representation(model_type, profile):
                 assert q.data_type == expected_type[wp.container]
             act = produced.get(node.input[0])
             if lp.act.mode == "qdq":
-                q_node = produced[act.input[0]]
-                assert (act.op_type, q_node.op_type) == ("DequantizeLinear", "QuantizeLinear")
+                q_node = act if fused else produced[act.input[0]]
+                assert fused or act.op_type == "DequantizeLinear"
+                assert q_node.op_type == "QuantizeLinear"
                 before = produced.get(q_node.input[0])
                 assert (before is not None and before.op_type == "Clip") == lp.act.clips
                 zp = _init(graph, q_node.input[2])
@@ -209,6 +225,28 @@ def test_lora_and_qat_checkpoints_export(model_type, method, profile):
         container = "int8" if resolve_kernel("auto") == "fast" else "uint8"  # the kernel compress chose here
         assert all((r["w_bits"], r["a_bits"], r["container"]) == (8, 8, container) for r in quantized)
         assert result.audit.to_dict()["runtime_kernels"]["integer_products_found"] == 12
+
+
+def test_portable_export_is_standard_onnx_with_the_same_arithmetic(tmp_path):
+    """--portable keeps standard Q/DQ -> MatMul (+ Add) instead of the fused onnxruntime nodes; both verify and
+    give the same logits up to the float order of the bias Add."""
+    fused_out, _ = compressed("bert", "blora", "speed")
+    portable = tmp_path / "portable"
+    result = compress(checkpoint("bert"), portable, CompressOptions(timing_runs=0, portable=True))
+    assert result.audit.verify.loader.within_tolerance and result.audit.verify.loader.agreement == 1.0
+    standard, fused = onnx.load(str(portable / "model.onnx")), onnx.load(str(fused_out / "model.onnx"))
+    assert {o.domain for o in standard.opset_import} <= {"", "ai.onnx"}
+    assert all(n.domain in ("", "ai.onnx") for n in standard.graph.node)
+    n_fused = sum(n.op_type == FUSED_OP for n in fused.graph.node)
+    assert n_fused == sum(lp.weight.delivery == "dq" and lp.act.mode == "qdq" for lp in result.plan.linears) > 0
+    assert len(fused.graph.node) < len(standard.graph.node)  # each fused Linear drops two DQs and an Add
+    batches = _fresh_inputs(fused_out)
+    logits = {}
+    for name, out in (("fused", fused_out), ("portable", portable)):
+        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        logits[name] = np.concatenate([session.run(["logits"], b)[0] for b in batches])
+    assert np.abs(logits["fused"] - logits["portable"]).max() <= 1e-4 * max(1.0, np.abs(logits["portable"]).max())
+    assert (result.audit.to_dict()["layers"] == read_json(fused_out / "audit.json")["layers"])  # same audit
 
 
 def test_same_checkpoint_gives_identical_bytes(tmp_path):

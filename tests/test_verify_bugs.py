@@ -14,6 +14,7 @@ from onnx import numpy_helper
 from transformers import AutoTokenizer
 
 from blora_export.checkpoint import load_checkpoint, read_validation
+from blora_export.export.fuse import FUSED_OP
 from blora_export.export.options import resolve_kernel
 from blora_export.export.pipeline import CompressOptions, compress
 from blora_export.export.plan import make_plan
@@ -62,6 +63,7 @@ _CODE_ZERO = {onnx.TensorProto.INT8: 0, onnx.TensorProto.UINT8: 128}  # --kernel
 def _eight_bit_weight(model, suffix: str):
     """The initializer `suffix` of the last 8-bit weight on an integer kernel (int8 codes, or uint8 + 128)."""
     dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    dequantized |= {n.input[1] for n in model.graph.node if n.op_type == FUSED_OP}
     codes = [t for t in model.graph.initializer if t.name.endswith(".weight_quant") and t.name in dequantized
              and t.data_type in _CODE_ZERO
              and np.abs(numpy_helper.to_array(t).astype(np.int32) - _CODE_ZERO[t.data_type]).max() > 8][-1]
@@ -69,16 +71,17 @@ def _eight_bit_weight(model, suffix: str):
 
 
 def _zero_point(model):
-    """An activation's DequantizeLinear reading a zero point one off from its QuantizeLinear's: every value of
-    the layer's input one step away (the last affine 8-bit input)."""
+    """The product reading an activation's zero point one off from its QuantizeLinear's (the DequantizeLinear,
+    or the fused integer node): every value of the layer's input one step away (the last affine 8-bit input)."""
     inits = {t.name: t for t in model.graph.initializer}
-    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name.endswith(".input_dq")
-          and inits[n.input[2]].data_type == onnx.TensorProto.UINT8][-1]
-    zero = inits[dq.input[2]]
+    readers = [(n, 2) for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name.endswith(".input_dq")]
+    readers += [(n, 4) for n in model.graph.node if n.op_type == FUSED_OP]
+    node, index = [(n, i) for n, i in readers if inits[n.input[i]].data_type == onnx.TensorProto.UINT8][-1]
+    zero = inits[node.input[index]]
     wrong = numpy_helper.from_array((numpy_helper.to_array(zero).astype(np.int32) + 1).astype(np.uint8),
                                     zero.name + "_wrong")
     model.graph.initializer.append(wrong)
-    dq.input[2] = wrong.name
+    node.input[index] = wrong.name
 
 
 def _weight_scale(model):

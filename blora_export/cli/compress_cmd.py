@@ -21,6 +21,10 @@ from .errors import user_errors
                    "products; on AVX2-only x86 it can saturate large products), exact (uint8 codes with zero "
                    "point 128, the u8u8 kernel: exact everywhere, slower) or auto (fast where this CPU runs it "
                    "exactly, else exact).")
+@click.option("--portable", is_flag=True,
+              help="Standard ONNX operators only (QuantizeLinear/DequantizeLinear around MatMul), for runtimes "
+                   "other than onnxruntime. Default: each integer-path Linear is one onnxruntime "
+                   "MatMulIntegerToFloat node with its bias inside (same arithmetic, faster in onnxruntime).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Sequence length T at which MACs and BOPs are audited. [default: the checkpoint's, e.g. 128]")
 @click.option("--opset", type=click.IntRange(21, 25), default=None,
@@ -38,8 +42,8 @@ from .errors import user_errors
                    "(per-module ranks and alphas, head in modules_to_save): load it with "
                    "peft.PeftModel.from_pretrained(base_model, 'OUTPUT_DIR/peft_adapter').")
 @user_errors
-def compress_cmd(ckpt: str, output_dir: str, profile: str, kernel: str, seq_len: int | None, opset: int | None,
-                 verify: bool, validation_file: str | None, overwrite: bool, trust_remote_code: bool,
+def compress_cmd(ckpt: str, output_dir: str, profile: str, kernel: str, portable: bool, seq_len: int | None,
+                 opset: int | None, verify: bool, validation_file: str | None, overwrite: bool, trust_remote_code: bool,
                  peft_adapter: bool = False) -> None:
     """Export the trained checkpoint CKPT to a quantized ONNX model in OUTPUT_DIR.
 
@@ -50,8 +54,8 @@ def compress_cmd(ckpt: str, output_dir: str, profile: str, kernel: str, seq_len:
     """
     from ..export.pipeline import compress
 
-    options = CompressOptions(profile=profile, kernel=kernel, seq_len=seq_len, opset=opset, verify=verify,
-                              overwrite=overwrite, validation_file=validation_file,
+    options = CompressOptions(profile=profile, kernel=kernel, portable=portable, seq_len=seq_len, opset=opset,
+                              verify=verify, overwrite=overwrite, validation_file=validation_file,
                               trust_remote_code=trust_remote_code, peft_adapter=peft_adapter)
     result = compress(ckpt, output_dir, options, log=lambda msg: click.echo(msg, err=True))
     totals, size = result.audit.totals, result.audit.size

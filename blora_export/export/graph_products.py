@@ -82,7 +82,7 @@ def _container_name(data_type: int) -> str:
     return helper.tensor_dtype_to_np_dtype(data_type).name if data_type in INT_BITS else "fp32"
 
 
-class _GraphIndex:
+class GraphIndex:
     def __init__(self, model):
         from onnx import numpy_helper
 
@@ -122,7 +122,7 @@ class _GraphIndex:
         return None
 
 
-def _through(idx: _GraphIndex, name: str):
+def _through(idx: GraphIndex, name: str):
     node = idx.producer.get(name)
     while node is not None and node.op_type in _PASSTHROUGH and name not in idx.inits:
         name = node.input[0]
@@ -130,7 +130,7 @@ def _through(idx: _GraphIndex, name: str):
     return name, node
 
 
-def _clip_bits(idx: _GraphIndex, clip_node, scale: float | None) -> int | None:
+def _clip_bits(idx: GraphIndex, clip_node, scale: float | None) -> int | None:
     """Width implied by Clip(lo, hi) bounds over the step `scale`: the code span round(lo/s)..round(hi/s) of an
     affine or symmetric grid needs the smallest b with hi - lo <= 2^b - 1."""
     if clip_node is None or clip_node.op_type != "Clip" or not scale:
@@ -143,7 +143,7 @@ def _clip_bits(idx: _GraphIndex, clip_node, scale: float | None) -> int | None:
     return next((b for b in WIDTHS[:-1] if span <= 2**b - 1), FP32)
 
 
-def _weight_operand(idx: _GraphIndex, node, operand: int) -> tuple[Operand, str]:
+def _weight_operand(idx: GraphIndex, node, operand: int) -> tuple[Operand, str]:
     """(width, root initializer name) of a constant operand."""
     name, prod = _through(idx, node.input[operand])
     if name in idx.inits and idx.dtype(name) in INT_BITS:  # integer op reading the codes directly
@@ -181,14 +181,14 @@ def _broadcast_zp(codes: np.ndarray, zp: np.ndarray) -> np.ndarray:
     return zp.reshape(1, -1) if codes.ndim == 2 and codes.shape[1] == zp.size else zp.reshape(-1, 1)
 
 
-def _int_operand(idx: _GraphIndex, name: str, codes: np.ndarray) -> Operand:
+def _int_operand(idx: GraphIndex, name: str, codes: np.ndarray) -> Operand:
     dt = idx.dtype(name)
     container_bits = INT_BITS[dt]
     value_bits = min(_bits_for_codes(codes), container_bits)
     return Operand(value_bits, _container_name(dt), value_bits)
 
 
-def _activation_operand(idx: _GraphIndex, node, operand: int) -> Operand:
+def _activation_operand(idx: GraphIndex, node, operand: int) -> Operand:
     name, prod = _through(idx, node.input[operand])
     if node.op_type == "DynamicQuantizeMatMul":
         return Operand(8, "uint8 (dynamic)", 8)
@@ -209,7 +209,7 @@ def _activation_operand(idx: _GraphIndex, node, operand: int) -> Operand:
     return Operand(FP32, "fp32", FP32)
 
 
-def _quantized_input(idx: _GraphIndex, name: str, q_node) -> Operand:
+def _quantized_input(idx: GraphIndex, name: str, q_node) -> Operand:
     """An activation that passed through QuantizeLinear / DynamicQuantizeLinear (q_node produces `name`)."""
     if q_node is None:
         return Operand(FP32, "fp32", FP32)
@@ -270,7 +270,7 @@ def dummy_feed(model, seq_len: int) -> dict[str, np.ndarray]:
     return feed
 
 
-def _operand_shapes(model, idx: _GraphIndex, names: set[str], seq_len: int) -> dict[str, tuple]:
+def _operand_shapes(model, idx: GraphIndex, names: set[str], seq_len: int) -> dict[str, tuple]:
     """Shapes of intermediate tensors from one onnxruntime run at batch 1 x seq_len."""
     import onnx
     import onnxruntime as ort
@@ -302,7 +302,7 @@ def _operand_shapes(model, idx: _GraphIndex, names: set[str], seq_len: int) -> d
     return shapes
 
 
-def _guess_type(idx: _GraphIndex, name: str) -> int:
+def _guess_type(idx: GraphIndex, name: str) -> int:
     from onnx import TensorProto
 
     node = idx.producer.get(name)
@@ -324,7 +324,7 @@ def read_products(model, seq_len: int) -> list[ProductRecord]:
     blora.* metadata (empty for graphs of other tools)."""
     from .qdq import metadata
 
-    idx = _GraphIndex(model)
+    idx = GraphIndex(model)
     nodes = [n for n in model.graph.node if n.op_type in MATMUL_OPERANDS]
     needed = set()
     for n in nodes:

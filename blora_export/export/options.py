@@ -44,4 +44,5 @@ class CompressOptions:
     validation_file: str | None = None
     trust_remote_code: bool = False
     timing_runs: int = 10  # latency runs for audit.md (0: skip)
+    portable: bool = False  # standard ONNX operators only: skip the fused onnxruntime integer products (fuse.py)
     peft_adapter: bool = False  # also write the pruned fp32 adapter in PEFT's LoRA format to OUT/peft_adapter/

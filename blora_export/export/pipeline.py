@@ -149,7 +149,7 @@ def _compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | 
     _check_output(ckpt, out_dir, options)
     loaded = _load(ckpt, out_dir, options, log)
     plan = _plan(loaded, options, log)
-    exported = _export(loaded, plan, log)
+    exported = _export(loaded, plan, options, log)
     with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
         model_path = tmp / MODEL_FILE
         _save_model(exported.proto, model_path)
@@ -195,9 +195,11 @@ def _plan(loaded: _Loaded, options: CompressOptions, log: Callable[[str], None])
     return plan
 
 
-def _export(loaded: _Loaded, plan: CompressionPlan, log: Callable[[str], None]) -> _Exported:
+def _export(loaded: _Loaded, plan: CompressionPlan, options: CompressOptions,
+            log: Callable[[str], None]) -> _Exported:
     import onnx
 
+    from .fuse import fuse_integer_products
     from .merge import build_float_model
     from .onnx_export import convert_opset, export_float, model_input_names
     from .qdq import quantize_graph
@@ -208,6 +210,8 @@ def _export(loaded: _Loaded, plan: CompressionPlan, log: Callable[[str], None]) 
     float_proto = convert_opset(export_float(merged.model, input_names), plan.opset)
     log("inserting Q/DQ from the plan")
     proto = quantize_graph(float_proto, plan, merged)
+    if not options.portable:
+        log(f"fusing {fuse_integer_products(proto)} integer products with their biases (onnxruntime operators)")
     onnx.checker.check_model(proto, full_check=True)
     return _Exported(merged, input_names, float_proto.SerializeToString(), proto)
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from .artifacts import Audit, LayerRecord, Verification
+from .fuse import FUSED_OP
 
 _LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.(.+)$")
 
@@ -16,8 +17,13 @@ def notes(plan, graph) -> list[str]:
     lp = plan.linears
     out = ["Closed rank gates are pruned and adapters merged into W0 before snapping to the learned grid "
              "(the same quantize function as training): a merged adapter adds no MACs.",
-             "Pooler, classifier, LayerNorm and softmax stay fp32; biases stay fp32 (onnxruntime fuses the 3-D "
-             "MatMul into MatMulIntegerToFloat and keeps the float bias Add exact)."]
+             "Pooler, classifier, LayerNorm and softmax stay fp32; biases stay fp32."]
+    fused = sum(r.op_type == FUSED_OP for r in graph.products)
+    if fused:
+        out.append(f"{fused} integer-path Linears are onnxruntime MatMulIntegerToFloat nodes (domain com.microsoft) "
+                   "with their fp32 bias inside: the node onnxruntime's own Q/DQ fusion builds, with the same "
+                   "integer products, scales and zero points, plus the bias Add it would leave outside. compress "
+                   "--portable writes standard QuantizeLinear/DequantizeLinear -> MatMul instead (other runtimes).")
     if any(p.act.mode == "qdq" and not p.act.signed for p in lp):
         out.append("4/8-bit activations: QuantizeLinear -> DequantizeLinear in uint8 with the trained zero point "
                    "(an affine grid fitted to the input's range), exactly training's quantize function; a Clip in "
