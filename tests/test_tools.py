@@ -13,6 +13,7 @@ from blora_export.export.audit_file import audit_onnx
 from blora_export.testing import make_tiny_model, synthetic_sentiment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import ablation_table  # noqa: E402
 import bench_methods  # noqa: E402
 import peft_lora  # noqa: E402
 import ptq  # noqa: E402
@@ -92,3 +93,21 @@ def test_bench_methods_end_to_end(glue_dir, tmp_path):
     steps = args.index("--steps") + 1
     changed = CliRunner().invoke(bench_methods.main, [*args[:steps], "4", *args[steps + 1:]])
     assert changed.exit_code == 2 and "steps" in changed.output
+
+
+def _bench_results(train_args: str, torch_values: list[float], seeds=(0, 1)) -> dict:
+    stat = {"values": torch_values, "mean": sum(torch_values) / len(torch_values)}
+    return {"config": {"label": "RT", "seeds": list(seeds), "steps": 300, "train_args": train_args},
+            "summary": {"blora@0.1": {"metric_torch": stat, "metric_onnx": stat,
+                                      "bops_whole": {"mean": 0.91}}}}
+
+
+def test_ablation_table_pairs_each_run_with_the_baseline_by_seed():
+    text = ablation_table.table({"default": _bench_results("", [0.80, 0.70]),
+                                 "warmup0": _bench_results("--gate-warmup-ratio 0", [0.78, 0.71])})
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "`(defaults)`" in rows["default"] and "| +0.0 |" in rows["default"]
+    assert "`--gate-warmup-ratio 0`" in rows["warmup0"] and "78.0 / 71.0" in rows["warmup0"]
+    assert "| -0.5 |" in rows["warmup0"] and "9.0% |" in rows["warmup0"]  # (-2 + 1) / 2 points
+    with pytest.raises(Exception, match="other seeds"):
+        ablation_table.table({"default": _bench_results("", [0.8, 0.7]), "x": _bench_results("", [0.8], (0,))})

@@ -340,6 +340,8 @@ def targets(summary: dict[str, dict], latency: dict) -> list[tuple[str, bool | N
                 ahead = 100 * (mean(best, "metric_onnx") - mean(peer, "metric_onnx"))
                 out.append((f"B-LoRA within 10% BOPs above {peer} (ORT metric)", ahead > 0,
                             f"{best}: {ahead:+.1f} points vs {peer}"))
+    elif best:
+        out.append((target, None, f"{best} ran; fp32 LoRA (the reference) was not run"))
     else:
         out.append((target, False if blora else None,
                     "no B-LoRA run reached 90% whole-model BOP reduction" if blora else "not run"))
@@ -492,7 +494,7 @@ def main(out: Path, dataset, data_dir, task, model, seeds, steps, batch_size, ma
               "max_train_samples": max_train_samples, "budgets": budget_list, "wide_budgets": wide_list,
               "threads": threads, "seq_len": seq_len, "latency_threads": latency_threads,
               "latency_batches": latency_batches, "latency_runs": latency_runs,
-              "latency_seed": seed_list[0], "command": " ".join(sys.argv)}
+              "latency_seed": seed_list[0], "train_args": train_args, "command": shlex.join(sys.argv)}
     click.echo(report(out, config, results, latency))
 
 
