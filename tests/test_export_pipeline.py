@@ -105,7 +105,8 @@ def test_graph_holds_the_planned_representation(model_type, profile):
             fused = node.op_type == FUSED_OP
             on_constant = constant(node.input[0])  # DeBERTa's relative-position projections
             assert on_constant == (len(calls) == 2 and node is not calls[0]), lp.name
-            assert fused == (lp.weight.delivery == "dq" and lp.act.mode == "qdq" and not on_constant), lp.name
+            assert fused == (lp.weight.delivery == "dq" and lp.act.mode == "qdq" and not lp.act.signed
+                             and not on_constant), lp.name
             weight = produced.get(node.input[1])
             wp = lp.weight
             if fused:
@@ -238,7 +239,8 @@ def test_portable_export_is_standard_onnx_with_the_same_arithmetic(tmp_path):
     assert {o.domain for o in standard.opset_import} <= {"", "ai.onnx"}
     assert all(n.domain in ("", "ai.onnx") for n in standard.graph.node)
     n_fused = sum(n.op_type == FUSED_OP for n in fused.graph.node)
-    assert n_fused == sum(lp.weight.delivery == "dq" and lp.act.mode == "qdq" for lp in result.plan.linears) > 0
+    assert n_fused == sum(lp.weight.delivery == "dq" and lp.act.mode == "qdq" and not lp.act.signed
+                          for lp in result.plan.linears) > 0
     assert len(fused.graph.node) < len(standard.graph.node)  # each fused Linear drops two DQs and an Add
     batches = _fresh_inputs(fused_out)
     logits = {}

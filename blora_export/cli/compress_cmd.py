@@ -24,7 +24,8 @@ from .errors import user_errors
 @click.option("--portable", is_flag=True,
               help="Standard ONNX operators only (QuantizeLinear/DequantizeLinear around MatMul), for runtimes "
                    "other than onnxruntime. Default: each integer-path Linear is one onnxruntime "
-                   "MatMulIntegerToFloat node with its bias inside (same arithmetic, faster in onnxruntime).")
+                   "MatMulIntegerToFloat node with its bias inside (same integer products and scales, faster in "
+                   "onnxruntime).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=None,
               help="Sequence length T at which MACs and BOPs are audited. [default: the checkpoint's, e.g. 128]")
 @click.option("--opset", type=click.IntRange(21, 25), default=None,

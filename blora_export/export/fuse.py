@@ -29,12 +29,12 @@ def _single_consumer(consumers: dict, name: str):
 
 
 def fuse_integer_products(proto) -> int:
-    """Rewrite, in place, every Linear whose weight and input are both Q/DQ in 8-bit containers and whose output
+    """Rewrite, in place, every Linear whose weight and input (uint8) are both Q/DQ in 8-bit containers and whose output
     goes only to an Add with a 1-D constant bias. Returns how many were fused.
 
     A product on a constant input (DeBERTa's relative-position projections) keeps its Q/DQ form: onnxruntime
     folds that at load, but does not fold the fused node."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper
 
     g = proto.graph
     constant = GraphIndex(proto).is_constant
@@ -65,10 +65,15 @@ def fuse_integer_products(proto) -> int:
         add = _single_consumer(consumers, node.output[0])
         if act_dq is None or w_dq is None or add is None or add.op_type != "Add":
             continue
+        # onnxruntime's CPU kernel takes a uint8 activation (int8 or uint8 weight); an int8 (symmetric) activation
+        # has no fast x86 kernel there, so that Linear stays Q/DQ like onnxruntime itself would leave it.
+        if inits[act_dq.input[2]].data_type != TensorProto.UINT8 or inits[w_dq.input[0]].data_type not in (
+                TensorProto.INT8, TensorProto.UINT8):
+            continue
         bias = add.input[1] if add.input[0] == node.output[0] else add.input[0]
         if bias not in inits or len(inits[bias].dims) != 1 or inits[bias].data_type != 1:
             continue
-        if numpy_helper.to_array(inits[bias]).shape[0] != inits[w_dq.input[0]].dims[1]:
+        if inits[bias].dims[0] != inits[w_dq.input[0]].dims[1]:
             continue
         # x_q, W_q, x_scale, W_scale, x_zero_point, W_zero_point, bias: the kernel's input order
         fused = helper.make_node(FUSED_OP, [act_dq.input[0], w_dq.input[0], act_dq.input[1], w_dq.input[1],

@@ -211,7 +211,7 @@ def _export(loaded: _Loaded, plan: CompressionPlan, options: CompressOptions,
     log("inserting Q/DQ from the plan")
     proto = quantize_graph(float_proto, plan, merged)
     if not options.portable:
-        log(f"fusing {fuse_integer_products(proto)} integer products with their biases (onnxruntime operators)")
+        log(f"fused {fuse_integer_products(proto)} integer products with their biases (onnxruntime operators)")
     onnx.checker.check_model(proto, full_check=True)
     return _Exported(merged, input_names, float_proto.SerializeToString(), proto)
 
