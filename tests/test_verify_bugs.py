@@ -72,7 +72,8 @@ def _eight_bit_weight(model, suffix: str):
 
 def _zero_point(model):
     """The product reading an activation's zero point one off from its QuantizeLinear's (the DequantizeLinear,
-    or the fused integer node): every value of the layer's input one step away (the last affine 8-bit input)."""
+    or the fused integer node): every value of the layer's input one step away (the last uint8 reader found: the
+    last fused node where the export has them)."""
     inits = {t.name: t for t in model.graph.initializer}
     readers = [(n, 2) for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name.endswith(".input_dq")]
     readers += [(n, 4) for n in model.graph.node if n.op_type == FUSED_OP]

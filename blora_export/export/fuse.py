@@ -28,6 +28,19 @@ def _single_consumer(consumers: dict, name: str):
     return users[0] if len(users) == 1 else None
 
 
+def _per_column(weight_dq, inits: dict) -> bool:
+    """The kernel's weight scale is one number or one per output column: a DequantizeLinear on a (K, N) weight with
+    a scalar scale, or a length-N scale along axis 1 (not blocked)."""
+    attrs = {a.name: a.i for a in weight_dq.attribute}
+    scale = inits.get(weight_dq.input[1])
+    if scale is None or "block_size" in attrs:
+        return False
+    if not scale.dims or list(scale.dims) == [1]:
+        return True
+    columns = inits[weight_dq.input[0]].dims[1]
+    return list(scale.dims) == [columns] and attrs.get("axis", 1) in (1, -1)
+
+
 def fuse_integer_products(proto) -> int:
     """Rewrite, in place, every Linear whose weight and input (uint8) are both Q/DQ in 8-bit containers and whose output
     goes only to an Add with a 1-D constant bias. Returns how many were fused.
@@ -52,7 +65,7 @@ def fuse_integer_products(proto) -> int:
             return None
         source = dq.input[0]
         if weight:
-            return dq if source in inits and len(inits[source].dims) == 2 else None
+            return dq if source in inits and len(inits[source].dims) == 2 and _per_column(dq, inits) else None
         q = producer.get(source)
         return dq if q is not None and q.op_type == "QuantizeLinear" else None
 

@@ -20,8 +20,8 @@ def notes(plan, graph) -> list[str]:
              "Pooler, classifier, LayerNorm and softmax stay fp32; biases stay fp32."]
     fused = sum(r.op_type == FUSED_OP for r in graph.products)
     if fused:
-        out.append(f"{fused} integer-path Linears are onnxruntime MatMulIntegerToFloat nodes (domain com.microsoft) "
-                   "with their fp32 bias inside: the node onnxruntime's own Q/DQ fusion builds, with the same "
+        out.append(f"{fused} integer-path Linear products are onnxruntime MatMulIntegerToFloat nodes (domain "
+                   "com.microsoft) with their fp32 bias inside: the node onnxruntime's own Q/DQ fusion builds, with the same "
                    "integer products, scales and zero points, plus the bias Add it would leave outside. compress "
                    "--portable writes standard QuantizeLinear/DequantizeLinear -> MatMul instead (other runtimes).")
     if any(p.act.mode == "qdq" and not p.act.signed for p in lp):
