@@ -21,9 +21,10 @@ def notes(plan, graph) -> list[str]:
     fused = sum(r.op_type == FUSED_OP for r in graph.products)
     if fused:
         out.append(f"{fused} integer-path Linear products are onnxruntime MatMulIntegerToFloat nodes (domain "
-                   "com.microsoft) with their fp32 bias inside: the node onnxruntime's own Q/DQ fusion builds, with the same "
-                   "integer products, scales and zero points, plus the bias Add it would leave outside. compress "
-                   "--portable writes standard QuantizeLinear/DequantizeLinear -> MatMul instead (other runtimes).")
+                   "com.microsoft) with their fp32 bias inside: the node onnxruntime's own Q/DQ fusion builds, with "
+                   "the same integer products, scales and zero points, plus the bias Add it would leave outside. "
+                   "compress --portable writes standard QuantizeLinear/DequantizeLinear -> MatMul instead (other "
+                   "runtimes).")
     if any(p.act.mode == "qdq" and not p.act.signed for p in lp):
         out.append("4/8-bit activations: QuantizeLinear -> DequantizeLinear in uint8 with the trained zero point "
                    "(an affine grid fitted to the input's range), exactly training's quantize function; a Clip in "
