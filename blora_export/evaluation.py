@@ -106,6 +106,7 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
         from .checkpoint import load_checkpoint
         from .export.plan import make_plan
         from .export.reference import integer_exact
+        from .export.tables import narrow_word_table
         from .export.verify import torch_logits
 
         log(f"loading checkpoint {options.ckpt}")
@@ -113,6 +114,7 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
         if list(meta.labels) != list(model_labels):
             raise EvalError(f"checkpoint {options.ckpt} has labels {meta.labels} but {out_dir} has "
                             f"{model_labels}; pass the checkpoint {out_dir} was compressed from")
+        narrow_word_table(model, predictor.deploy.profile)  # the table the export ships (size profile)
         plan = make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method,
                          predictor.deploy.profile, predictor.deploy.opset)
         with integer_exact(model.eval(), plan) as exact:

@@ -32,6 +32,7 @@ from .measure import latency, runtime_kernels
 from .merge import Merged
 from .options import CompressOptions, resolve_kernel
 from .plan import CompressionPlan, PlanError, make_plan
+from .tables import NarrowedTable, narrow_word_table
 from .verify import verify_export
 
 
@@ -132,6 +133,7 @@ class _Loaded:
     meta: CheckpointMeta
     tokenizer: object
     examples: list[dict]  # verification inputs ([] with --no-verify)
+    narrowed: NarrowedTable | None  # the word table the size profile re-quantized (tables.py)
 
 
 @dataclass
@@ -180,7 +182,11 @@ def _load(ckpt: Path, out_dir: Path, options: CompressOptions, log: Callable[[st
         tokenizer = AutoTokenizer.from_pretrained(str(ckpt), trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{ckpt} has no usable tokenizer files ({e})") from None
-    return _Loaded(model, meta, tokenizer, _examples(ckpt, options) if options.verify else [])
+    narrowed = narrow_word_table(model, options.profile)
+    if narrowed:
+        log(f"size profile: word table {narrowed.name} re-quantized from {narrowed.trained_bits}-bit to "
+            f"{narrowed.bits}-bit rows")
+    return _Loaded(model, meta, tokenizer, _examples(ckpt, options) if options.verify else [], narrowed)
 
 
 def _plan(loaded: _Loaded, options: CompressOptions, log: Callable[[str], None]) -> CompressionPlan:
@@ -228,7 +234,7 @@ def _audit(model_path: Path, loaded: _Loaded, plan: CompressionPlan, exported: _
     onnx_bytes = model_path.stat().st_size
     size = Size(onnx_bytes, len(exported.float_bytes), round(onnx_bytes / len(exported.float_bytes), 4))
     return build_audit(
-        graph, size, report.notes(plan, graph), plan,
+        graph, size, report.notes(plan, graph, loaded.narrowed), plan,
         model=ModelInfo(meta.base_model, loaded.model.config.model_type, plan.method, meta.task, meta.problem_type,
                         list(meta.labels)),
         export=ExportInfo(plan.profile, plan.opset, exported.input_names),

@@ -12,8 +12,9 @@ from .fuse import FUSED_OP
 _LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.(.+)$")
 
 
-def notes(plan, graph) -> list[str]:
-    """Plain-language notes on how this export represents what it learned (for audit.json and audit.md)."""
+def notes(plan, graph, narrowed=None) -> list[str]:
+    """Plain-language notes on how this export represents what it learned (for audit.json and audit.md);
+    `narrowed`: the word table the size profile re-quantized (export/tables.py), if any."""
     lp = plan.linears
     out = ["Closed rank gates are pruned and adapters merged into W0 before snapping to the learned grid "
              "(the same quantize function as training): a merged adapter adds no MACs.",
@@ -63,6 +64,11 @@ def notes(plan, graph) -> list[str]:
                      "at load); the Gather picks integer rows, which are then dequantized with their per-row scale "
                      "(Cast -> Mul): exact, int8 in memory, no per-inference work on the whole table. Weight-only: "
                      "no MACs, no BOPs.")
+    if narrowed:
+        out.append(f"Size profile: the word table {narrowed.name} was trained at {narrowed.trained_bits} bits and is "
+                   f"re-quantized here to {narrowed.bits}-bit rows (least-error row ranges, training's quantizer); "
+                   "verification and eval --ckpt use the same table, so this export is exact to that model, whose "
+                   "accuracy can differ slightly from the checkpoint's. The speed profile keeps the trained table.")
     return out
 
 
