@@ -4,10 +4,9 @@ B-LoRA runs in three phases (other methods have no gates and only the first):
   [0, gate_start)       warm-up: adapters and head learn at the initial widths; gates and price wait
   [gate_start, main)    gates learn under the BOP price
   [main, total)         phase 2: gates frozen at their test-time values (after the budget is enforced)
-The learning rate of adapters, head and ranges warms up linearly, decays linearly to 0 at the end of phase 1,
-and restarts in phase 2 at `phase2_lr` (a fraction of --lr), decaying to 0 again, so phase 2 trains at a real
-learning rate. Without phase2_lr (or phase 2) one linear decay spans the whole run. Gates keep their own
-constant learning rate.
+The learning rate of adapters, head and ranges warms up linearly and decays linearly to 0 over the whole run
+(default), or, with `phase2_lr` (a fraction of --lr), decays to 0 at the end of phase 1 and restarts in phase 2
+at phase2_lr, decaying to 0 again. Gates keep their own constant learning rate.
 """
 
 from __future__ import annotations

@@ -140,8 +140,9 @@ def _widths(widths: tuple[int, ...]) -> str:
 @click.option("--fixed-gate-ratio", type=float, default=OptimSpec.fixed_gate_ratio,
               help="blora: share of the steps at the end with the gates frozen at their test-time values (phase 2), "
                    "so training ends on the exported graph.")
-@click.option("--phase2-lr", callback=_optional_float, default=str(OptimSpec.phase2_lr),
-              help="Phase 2's starting learning rate as a fraction of --lr ('none': one decay over the whole run).")
+@click.option("--phase2-lr", callback=_optional_float, default=str(OptimSpec.phase2_lr).lower(),
+              help="Phase 2's restarted learning rate as a fraction of --lr; 'none' (default): one decay over the "
+                   "whole run, so phase 2 continues on its tail.")
 # recipe switches
 @click.option("--gate-sampling/--straight-through-gates", default=BLoRAConfig.gate_sampling,
               help="Sample hard-concrete gates in training, or run the test-time gates with straight-through "
