@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from export_support import compressed, read_json
+from export_support import checkpoint, compressed, read_json
 
 from blora_export.export.audit_file import audit_onnx
 from blora_export.testing import make_tiny_model, synthetic_sentiment
@@ -17,6 +17,7 @@ import ablation_table  # noqa: E402
 import bench_methods  # noqa: E402
 import peft_lora  # noqa: E402
 import ptq  # noqa: E402
+import word_table_probe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,19 @@ def test_ablation_table_pairs_each_run_with_the_baseline_by_seed():
     assert "| -0.5 |" in rows["warmup0"] and "9.0% |" in rows["warmup0"]  # (-2 + 1) / 2 points
     with pytest.raises(Exception, match="other seeds"):
         ablation_table.table({"default": _bench_results("", [0.8, 0.7]), "x": _bench_results("", [0.8], (0,))})
+
+
+def test_word_table_probe_reports_the_size_profiles_table(glue_dir):
+    """One line per checkpoint: accuracy as trained and with the size profile's 4-bit word table, and their
+    difference; on the tiny test model the narrowed table changes its predictions (testing._spread_predictions)."""
+    result = CliRunner().invoke(word_table_probe.main, [str(checkpoint("bert")), "--task", "sst2",
+                                                       "--data-dir", str(glue_dir)])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.stdout.splitlines() if x.strip()]
+    path, n, trained, narrowed, diff = line.split("\t")
+    assert path == str(checkpoint("bert")) and int(n) == 32
+    assert 0 <= float(trained) <= 1 and 0 <= float(narrowed) <= 1 and float(trained) != float(narrowed)
+    assert float(diff) == pytest.approx(float(narrowed) - float(trained), abs=1e-4)
+    refused = CliRunner().invoke(word_table_probe.main, [str(checkpoint("bert", "lora")), "--task", "sst2",
+                                                        "--data-dir", str(glue_dir)])
+    assert refused.exit_code == 1 and "keeps this checkpoint's word table" in refused.output

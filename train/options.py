@@ -53,7 +53,7 @@ class OptimSpec:
     gate_warmup_ratio: float = 0.3  # share of the steps before gates learn (the adapters learn first)
     fixed_gate_ratio: float = 0.2  # share of the steps in phase 2 (gates frozen at their test-time values)
     # phase 2's restarted learning rate as a fraction of lr; None (default): one decay over the whole run, which
-    # measured +0.6 points over a restart at 0.5 on 7 paired runs of 3 datasets (BENCHMARKS.md)
+    # measured +0.5 points on average over a restart at 0.5 in 9 paired runs (3 datasets x 3 seeds, BENCHMARKS.md)
     phase2_lr: float | None = None
 
     def validate(self) -> OptimSpec:
