@@ -15,13 +15,14 @@ from transformers import AutoTokenizer
 
 from blora_export.checkpoint import load_checkpoint
 from blora_export.data import DataSpec, load_validation
+from blora_export.export.onnx_export import model_input_names
 from blora_export.export.tables import narrow_word_table
+from blora_export.export.verify import encode_batches, torch_logits
 
 
 def _accuracy(model, batches, labels: np.ndarray) -> float:
     with torch.no_grad():
-        logits = torch.cat([model(**b).logits for b in batches])
-    return float((logits.argmax(-1).numpy() == labels).mean())
+        return float((torch_logits(model, batches).argmax(-1) == labels).mean())
 
 
 @click.command()
@@ -39,12 +40,9 @@ def main(checkpoints, task, data_dir, validation_file, batch_size, threads):
         tokenizer = AutoTokenizer.from_pretrained(ckpt)
         _, examples = load_validation(spec, list(meta.labels))
         labels = np.array([e.label for e in examples])
-        batches = []
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            pairs = [e.text_pair for e in chunk] if chunk[0].text_pair is not None else None
-            batches.append(tokenizer([e.text for e in chunk], pairs, padding=True, truncation=True,
-                                     max_length=meta.max_seq_length, return_tensors="pt"))
+        rows = [{"text": e.text} | ({} if e.text_pair is None else {"text_pair": e.text_pair}) for e in examples]
+        batches = encode_batches(tokenizer, rows, model_input_names(model, tokenizer), meta.max_seq_length,
+                                 batch_size)
         trained = _accuracy(model, batches, labels)
         if narrow_word_table(model, "size") is None:
             raise click.ClickException(f"{ckpt}: the size profile keeps this checkpoint's word table")
