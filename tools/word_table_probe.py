@@ -21,8 +21,7 @@ from blora_export.export.verify import encode_batches, torch_logits
 
 
 def _accuracy(model, batches, labels: np.ndarray) -> float:
-    with torch.no_grad():
-        return float((torch_logits(model, batches).argmax(-1) == labels).mean())
+    return float((torch_logits(model, batches).argmax(-1) == labels).mean())
 
 
 @click.command()
@@ -40,9 +39,8 @@ def main(checkpoints, task, data_dir, validation_file, batch_size, threads):
         tokenizer = AutoTokenizer.from_pretrained(ckpt)
         _, examples = load_validation(spec, list(meta.labels))
         labels = np.array([e.label for e in examples])
-        rows = [{"text": e.text} | ({} if e.text_pair is None else {"text_pair": e.text_pair}) for e in examples]
-        batches = encode_batches(tokenizer, rows, model_input_names(model, tokenizer), meta.max_seq_length,
-                                 batch_size)
+        batches = encode_batches(tokenizer, [e.to_dict() for e in examples], model_input_names(model, tokenizer),
+                                 meta.max_seq_length, batch_size)
         trained = _accuracy(model, batches, labels)
         if narrow_word_table(model, "size") is None:
             raise click.ClickException(f"{ckpt}: the size profile keeps this checkpoint's word table")
