@@ -213,7 +213,7 @@ def build_model(meta: CheckpointMeta, base: nn.Module | None = None,
     if found != meta.base_fingerprint:
         raise CheckpointError(f"base model {meta.base_model} does not match the one this checkpoint was trained on "
                               f"(weights fingerprint {found[:12]} != {meta.base_fingerprint[:12]})")
-    injection = inject(base, meta.config, adapted=meta.adapted)
+    injection = inject(base, meta.config, adapted=meta.adapted, fit_tables=False)  # load_checkpoint restores them
     if injection.quantized != meta.quantized or injection.embeddings != meta.embeddings:
         raise CheckpointError(f"base model {meta.base_model} has other modules than the checkpoint expects")
     return base, injection

@@ -38,11 +38,13 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def inject(model: nn.Module, cfg: BLoRAConfig, adapted: list[str] | None = None) -> Injection:
+def inject(model: nn.Module, cfg: BLoRAConfig, adapted: list[str] | None = None,
+           fit_tables: bool = True) -> Injection:
     """Wrap targets with adapters, quantize every other encoder Linear and the embedding tables,
     and freeze everything but adapters, gates, ranges and the head.
 
-    `adapted` passes names saved in a checkpoint, so a reload never re-resolves targets.
+    `adapted` passes names saved in a checkpoint, so a reload never re-resolves targets; `fit_tables=False`
+    skips fitting the tables' ranges, which a checkpoint load restores.
     """
     cfg.validate()
     adapted = list(adapted) if adapted is not None else resolve_targets(model, cfg.targets)
@@ -57,7 +59,7 @@ def inject(model: nn.Module, cfg: BLoRAConfig, adapted: list[str] | None = None)
     for name in quantized:
         set_module(model, name, GatedLoRALinear(model.get_submodule(name), cfg, adapted=name in adapted))
     for name in embeddings:
-        set_module(model, name, QuantizedEmbedding(model.get_submodule(name), cfg.embedding_width))
+        set_module(model, name, QuantizedEmbedding(model.get_submodule(name), cfg.embedding_width, fit_tables))
     for name in head:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)

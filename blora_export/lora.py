@@ -120,14 +120,17 @@ class GatedLoRALinear(nn.Module):
 class QuantizedEmbedding(nn.Module):
     """A frozen embedding table fake-quantized weight-only per row at a fixed width (no MACs, no BOPs)."""
 
-    def __init__(self, base: nn.Embedding, bits: int):
+    def __init__(self, base: nn.Embedding, bits: int, fit_range: bool = True):
+        """`fit_range`: search each row's least-error range now (a few seconds for a word table); False when a
+        checkpoint's stored ranges are loaded next."""
         super().__init__()
         self.base = base
         base.weight.requires_grad_(False)
         self.bits = bits
         spec = QuantizerSpec(allowed=(bits,), init_bits=bits, learn=False, relative_range=False)
         self.weight_quantizer = BayesianBitsQuantizer(spec, (base.num_embeddings, 1), learn_range=False)
-        self.weight_quantizer.init_range_from(base.weight, least_error=True)
+        if fit_range:
+            self.weight_quantizer.init_range_from(base.weight, least_error=True)
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property

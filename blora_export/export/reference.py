@@ -5,9 +5,9 @@ onnxruntime runs a layer with <= 8-bit weights behind a Q/DQ activation as MatMu
 products are accumulated exactly in int32, then multiplied by the float32 product of the two scales and the
 bias added. A float matmul of the dequantized values (the plain eval forward) rounds each partial sum instead,
 and quantized layers downstream amplify that: a value nudged across a rounding boundary moves a whole step.
-Inside `integer_exact(model, plan)` those layers accumulate the same codes exactly (float64 holds the int32
-sums without rounding), so the reference and onnxruntime differ only by the float order of what stays float
-(LayerNorm, softmax, GELU, the attention products, weight-only layers).
+Inside `integer_exact(model, plan)` those layers accumulate the same codes exactly (`exact_code_product`), so
+the reference and onnxruntime differ only by the float order of what stays float (LayerNorm, softmax, GELU,
+the attention products, weight-only layers).
 
 The codes come from the training modules (the quantize function on the trained ranges), not from the export:
 a faulty export cannot make its own reference agree with it.
@@ -26,20 +26,40 @@ from ..inject import wrapped_linears
 from ..residual_quant import grid_quantize
 from .plan import KERNEL_INTEGER, CompressionPlan
 
+FLOAT32_EXACT_INTEGERS = 2**24  # float32 holds every integer of at most this magnitude exactly
+
+
+def exact_code_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """a @ w.T for integer-valued float32 codes, exactly (float32 where it holds the sums, else float64).
+
+    The inner dimension is cut into chunks short enough that no partial sum can pass 2^24: then every partial
+    sum is an integer float32 holds exactly, whatever order or fused multiply-adds the matmul uses, so each
+    chunk's float32 product is exact; the chunks are added in float64 (|sums| < 2^53). A float64 matmul of the
+    whole gives the same numbers at 2-4x the time."""
+    largest_product = float(a.abs().max()) * float(w.abs().max()) if a.numel() and w.numel() else 0.0
+    inner = a.shape[-1]
+    chunk = inner if largest_product == 0 else int(FLOAT32_EXACT_INTEGERS // largest_product)
+    if chunk >= inner:
+        return a @ w.T
+    if chunk == 0:  # codes wider than 8 bits: not a kernel of the integer path, but stay exact anyway
+        return a.double() @ w.double().T
+    parts = [a[..., i:i + chunk] @ w[:, i:i + chunk].T for i in range(0, inner, chunk)]
+    return torch.stack(parts).double().sum(0)
+
 
 def _exact_forward(layer: nn.Module):
     """GatedLoRALinear.forward with the main product as int32 codes x codes, scaled once (float32)."""
     wq, aq = layer.weight_quantizer, layer.input_quantizer
+    weight = layer.base.weight if layer.unmerged else layer.merged_weight()
+    w_low, w_high = wq.range_bounds()
+    w_codes, w_scale, _ = grid_quantize(weight, w_low, w_high, wq.effective_bits(), bool(wq.signed))
+    w_scale = w_scale.reshape(-1)  # the weights are fixed within the block: quantized once, not per batch
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        w_bits, a_bits = wq.effective_bits(), aq.effective_bits()
         a_low, a_high = aq.range_bounds()
-        a_codes, a_scale, a_zero = grid_quantize(x, a_low, a_high, a_bits, bool(aq.signed))
-        weight = layer.base.weight if layer.unmerged else layer.merged_weight()
-        w_low, w_high = wq.range_bounds()
-        w_codes, w_scale, _ = grid_quantize(weight, w_low, w_high, w_bits, bool(wq.signed))
-        acc = (a_codes - a_zero).double() @ w_codes.double().T  # exact: |sums| < 2^53
-        y = acc.float() * (a_scale * w_scale.reshape(-1))
+        a_codes, a_scale, a_zero = grid_quantize(x, a_low, a_high, aq.effective_bits(), bool(aq.signed))
+        acc = exact_code_product(a_codes - a_zero, w_codes)
+        y = acc.float() * (a_scale * w_scale)
         if layer.base.bias is not None:
             y = y + layer.base.bias
         if layer.unmerged and layer.max_rank:  # the fp32 branch of an unmerged adapter
@@ -53,13 +73,18 @@ def _exact_forward(layer: nn.Module):
 
 @contextlib.contextmanager
 def integer_exact(model: nn.Module, plan: CompressionPlan) -> Iterator[nn.Module]:
-    """The model, its integer-kernel layers (per the plan) computing as onnxruntime does, within the block."""
+    """The model, its integer-kernel layers (per the plan) computing as onnxruntime does, within the block.
+    The model is not trained within it (its weight codes are read once, on entry)."""
     layers = wrapped_linears(model)
     patched = [layers[lp.name] for lp in plan.linears if lp.kernel == KERNEL_INTEGER]
-    for layer in patched:
-        layer.forward = _exact_forward(layer)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")  # float32 products, never a reduced-precision mode
     try:
+        with torch.no_grad():
+            for layer in patched:
+                layer.forward = _exact_forward(layer)
         yield model
     finally:
+        torch.set_float32_matmul_precision(precision)
         for layer in patched:
-            del layer.forward  # back to the class's forward
+            layer.__dict__.pop("forward", None)  # back to the class's forward
