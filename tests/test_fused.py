@@ -66,3 +66,13 @@ def test_quantizer_gradients_compiled_match_eager(signed):
     assert torch.equal(out_e, out_c) and torch.equal(dx_e, dx_c)
     assert torch.allclose(dh_e, dh_c, rtol=1e-4, atol=1e-6) and dh_e.abs().sum() > 0
     assert torch.allclose(da_e, da_c, rtol=1e-4, atol=1e-6) and da_e.abs().sum() > 0
+
+
+def test_eager_block_runs_uncompiled_and_restores_the_setting(compiled):
+    x, high = torch.randn(8, 16), torch.rand(8, 1) + 0.5
+    args = _grid(x, -high, high, 4, True)
+    with fused.eager():
+        assert not fused.enabled()
+        inside = fused.level(x, *args)
+    assert fused.enabled()
+    assert torch.equal(inside, fused.level(x, *args))

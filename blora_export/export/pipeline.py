@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .. import runtime
+from .. import fused, runtime
 from ..atomic import OutputExistsError, atomic_directory, check_not_an_input, check_writable
 from ..bops import MacProfile, profile_macs
 from ..checkpoint import CheckpointError, CheckpointMeta, check_no_remote_code, load_checkpoint, read_validation
@@ -117,7 +117,8 @@ def compress(ckpt: str | Path, out_dir: str | Path, options: CompressOptions | N
     from .onnx_export import ExportError
 
     try:
-        return _compress(ckpt, out_dir, options, log)
+        with fused.eager():
+            return _compress(ckpt, out_dir, options, log)
     except (ExportError, *_external_errors()) as e:
         message = " ".join(str(e).split()) or type(e).__name__
         if not isinstance(e, ExportError):
