@@ -5,6 +5,7 @@ is a pass over memory, and on a CPU these passes cost more than the model's matr
 (inductor) fuses each function below into one loop. It needs a C++ compiler: without one, on another device,
 or after a compilation error the same functions run eagerly (same values; slower). The forward value is the
 plain quantize function's, bit for bit, compiled or not (tests/test_fused.py).
+Training compiles; `compress` and `eval --ckpt` run them eagerly (`eager()`): one pass does not repay compiling.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ a faulty export cannot make its own reference agree with it.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -29,22 +30,31 @@ from .plan import KERNEL_INTEGER, CompressionPlan
 FLOAT32_EXACT_INTEGERS = 2**24  # float32 holds every integer of at most this magnitude exactly
 
 
-def exact_code_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def exact_code_product(a: torch.Tensor, w: torch.Tensor, w_largest: float | None = None) -> torch.Tensor:
     """a @ w.T for integer-valued float32 codes, exactly (float32 where it holds the sums, else float64).
 
     The inner dimension is cut into chunks short enough that no partial sum can pass 2^24: then every partial
     sum is an integer float32 holds exactly, whatever order or fused multiply-adds the matmul uses, so each
     chunk's float32 product is exact; the chunks are added in float64 (|sums| < 2^53). A float64 matmul of the
-    whole gives the same numbers at 2-4x the time."""
-    largest_product = float(a.abs().max()) * float(w.abs().max()) if a.numel() and w.numel() else 0.0
+    whole gives the same numbers at 2-4x the time. Needs IEEE float32 matmuls (`integer_exact` ensures them on
+    the CPU). `w_largest`: max |w|, when the caller knows it."""
+    if not (a.numel() and w.numel()):
+        return a @ w.T
+    if w_largest is None:
+        w_largest = float(w.abs().max())
+    largest_product = float(a.abs().max()) * w_largest
+    if not math.isfinite(largest_product):  # NaN/inf inputs: let them reach the logits, where verification sees them
+        return a.double() @ w.double().T
     inner = a.shape[-1]
     chunk = inner if largest_product == 0 else int(FLOAT32_EXACT_INTEGERS // largest_product)
     if chunk >= inner:
         return a @ w.T
-    if chunk == 0:  # codes wider than 8 bits: not a kernel of the integer path, but stay exact anyway
+    if chunk == 0:  # a single product too large for float32 (codes wider than the integer kernels take)
         return a.double() @ w.double().T
-    parts = [a[..., i:i + chunk] @ w[:, i:i + chunk].T for i in range(0, inner, chunk)]
-    return torch.stack(parts).double().sum(0)
+    acc = (a[..., :chunk] @ w[:, :chunk].T).double()
+    for i in range(chunk, inner, chunk):
+        acc += a[..., i:i + chunk] @ w[:, i:i + chunk].T
+    return acc
 
 
 def _exact_forward(layer: nn.Module):
@@ -54,11 +64,12 @@ def _exact_forward(layer: nn.Module):
     w_low, w_high = wq.range_bounds()
     w_codes, w_scale, _ = grid_quantize(weight, w_low, w_high, wq.effective_bits(), bool(wq.signed))
     w_scale = w_scale.reshape(-1)  # the weights are fixed within the block: quantized once, not per batch
+    w_largest = float(w_codes.abs().max()) if w_codes.numel() else 0.0
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         a_low, a_high = aq.range_bounds()
         a_codes, a_scale, a_zero = grid_quantize(x, a_low, a_high, aq.effective_bits(), bool(aq.signed))
-        acc = exact_code_product(a_codes - a_zero, w_codes)
+        acc = exact_code_product(a_codes - a_zero, w_codes, w_largest)
         y = acc.float() * (a_scale * w_scale)
         if layer.base.bias is not None:
             y = y + layer.base.bias
@@ -72,19 +83,34 @@ def _exact_forward(layer: nn.Module):
 
 
 @contextlib.contextmanager
+def ieee_float32_matmuls() -> Iterator[None]:
+    """Within the block CPU float32 matmuls are plain IEEE float32 (oneDNN may be set to bf16 or tf32)."""
+    backend = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    saved = getattr(backend, "fp32_precision", None)
+    if saved is None:  # a torch without per-backend precision settings: float32 matmuls are IEEE
+        yield
+        return
+    backend.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        backend.fp32_precision = saved
+
+
+@contextlib.contextmanager
 def integer_exact(model: nn.Module, plan: CompressionPlan) -> Iterator[nn.Module]:
-    """The model, its integer-kernel layers (per the plan) computing as onnxruntime does, within the block.
-    The model is not trained within it (its weight codes are read once, on entry)."""
+    """The model in eval mode, its integer-kernel layers (per the plan) computing as onnxruntime does, within
+    the block. The model is not trained within it: its weight codes are read once, on entry (a float32 copy
+    of each integer-kernel weight, held for the block)."""
+    model.eval()  # the deterministic gates: the weights cached below are the exported ones
     layers = wrapped_linears(model)
     patched = [layers[lp.name] for lp in plan.linears if lp.kernel == KERNEL_INTEGER]
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # float32 products, never a reduced-precision mode
     try:
         with torch.no_grad():
             for layer in patched:
                 layer.forward = _exact_forward(layer)
-        yield model
+        with ieee_float32_matmuls():
+            yield model
     finally:
-        torch.set_float32_matmul_precision(precision)
         for layer in patched:
             layer.__dict__.pop("forward", None)  # back to the class's forward
