@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fused
 from .data import DataSpec
 from .errors import UserError, file_problem
 
@@ -104,6 +103,7 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
                        "examples_per_second": len(examples) / elapsed if elapsed > 0 else None},
               "torch": None, "agreement": None, "max_abs_logit_diff": None}
     if options.ckpt:
+        from . import fused
         from .checkpoint import load_checkpoint
         from .export.plan import make_plan
         from .export.reference import integer_exact
