@@ -118,7 +118,7 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
         narrow_word_table(model, predictor.deploy.profile)  # the table the export ships (size profile)
         plan = make_plan(model, meta.quantized, meta.adapted, meta.profile, meta.config.method,
                          predictor.deploy.profile, predictor.deploy.opset)
-        with fused.eager(), integer_exact(model.eval(), plan) as exact:
+        with fused.eager(), integer_exact(model, plan) as exact:
             ref = torch_logits(exact, batches)
         result["torch"] = _report(ref, labels, task)
         result["max_abs_logit_diff"] = float(np.abs(ref - onnx_logits).max()) if len(ref) else 0.0

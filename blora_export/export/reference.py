@@ -30,27 +30,25 @@ from .plan import KERNEL_INTEGER, CompressionPlan
 FLOAT32_EXACT_INTEGERS = 2**24  # float32 holds every integer of at most this magnitude exactly
 
 
-def exact_code_product(a: torch.Tensor, w: torch.Tensor, w_largest: float | None = None) -> torch.Tensor:
+def exact_code_product(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """a @ w.T for integer-valued float32 codes, exactly (float32 where it holds the sums, else float64).
 
     The inner dimension is cut into chunks short enough that no partial sum can pass 2^24: then every partial
     sum is an integer float32 holds exactly, whatever order or fused multiply-adds the matmul uses, so each
     chunk's float32 product is exact; the chunks are added in float64 (|sums| < 2^53). A float64 matmul of the
     whole gives the same numbers at 2-4x the time. Needs IEEE float32 matmuls (`integer_exact` ensures them on
-    the CPU). `w_largest`: max |w|, when the caller knows it."""
+    the CPU)."""
     if not (a.numel() and w.numel()):
         return a @ w.T
-    if w_largest is None:
-        w_largest = float(w.abs().max())
-    largest_product = float(a.abs().max()) * w_largest
-    if not math.isfinite(largest_product):  # NaN/inf inputs: let them reach the logits, where verification sees them
+    largest_product = float(a.abs().max()) * float(w.abs().max())
+    # NaN/inf inputs (they reach the logits, where verification sees them) or a single product too large for
+    # float32 (codes wider than the integer kernels take): the whole product in float64
+    if not math.isfinite(largest_product) or largest_product > FLOAT32_EXACT_INTEGERS:
         return a.double() @ w.double().T
     inner = a.shape[-1]
     chunk = inner if largest_product == 0 else int(FLOAT32_EXACT_INTEGERS // largest_product)
     if chunk >= inner:
         return a @ w.T
-    if chunk == 0:  # a single product too large for float32 (codes wider than the integer kernels take)
-        return a.double() @ w.double().T
     acc = (a[..., :chunk] @ w[:, :chunk].T).double()
     for i in range(chunk, inner, chunk):
         acc += a[..., i:i + chunk] @ w[:, i:i + chunk].T
@@ -64,12 +62,11 @@ def _exact_forward(layer: nn.Module):
     w_low, w_high = wq.range_bounds()
     w_codes, w_scale, _ = grid_quantize(weight, w_low, w_high, wq.effective_bits(), bool(wq.signed))
     w_scale = w_scale.reshape(-1)  # the weights are fixed within the block: quantized once, not per batch
-    w_largest = float(w_codes.abs().max()) if w_codes.numel() else 0.0
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         a_low, a_high = aq.range_bounds()
         a_codes, a_scale, a_zero = grid_quantize(x, a_low, a_high, aq.effective_bits(), bool(aq.signed))
-        acc = exact_code_product(a_codes - a_zero, w_codes, w_largest)
+        acc = exact_code_product(a_codes - a_zero, w_codes)
         y = acc.float() * (a_scale * w_scale)
         if layer.base.bias is not None:
             y = y + layer.base.bias
