@@ -118,6 +118,9 @@ class BLoRAConfig:
     affine_activations: bool = True
     relative_ranges: bool = True
     calibration: str = "mse"
+    # blora: share of the token rows whose sampled estimate is the gradient of a frozen weight (its quantizer's
+    # range and gates learn from it; blora_export/sampled_linear.py); 1: the exact gradient
+    frozen_weight_grad_rows: float = 0.25
 
     def validate(self) -> BLoRAConfig:
         if self.method not in METHODS:
@@ -132,6 +135,7 @@ class BLoRAConfig:
         if self.calibration not in CALIBRATIONS:
             raise ConfigError(f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}")
         check_number("gate init", self.gate_init)
+        check_number("frozen weight grad rows", self.frozen_weight_grad_rows, 0, 1, open_low=True)
         if self.seq_len is not None:
             check_number("bops seq len", self.seq_len, 1, integer=True)
         if self.embedding_bits not in EMBEDDING_WIDTHS:
@@ -165,6 +169,11 @@ class BLoRAConfig:
     def learn_rank(self) -> bool:
         """Rank is learned (and charged) only for an adapter that ships unmerged; merged, it costs nothing."""
         return self.method == "blora" and self.deploy == "adapter"
+
+    @property
+    def frozen_weight_grad_fraction(self) -> float:
+        """The sampled share for B-LoRA; the baselines (QAT's ranges) keep the exact gradient."""
+        return self.frozen_weight_grad_rows if self.method == "blora" else 1.0
 
     @property
     def embedding_width(self) -> int:

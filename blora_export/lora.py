@@ -11,6 +11,7 @@ from torch import nn
 from . import gates, roles
 from .config import BLoRAConfig, QuantizerSpec
 from .quantizer import BayesianBitsQuantizer
+from .sampled_linear import linear
 
 
 def lora_factors(lora_a: torch.Tensor, lora_b: torch.Tensor,
@@ -59,6 +60,10 @@ class GatedLoRALinear(nn.Module):
         self.learn_rank = cfg.learn_rank
         self.unmerged = cfg.deploy == "adapter"
         self.sampled_rank = cfg.gate_sampling
+        # A quantized W0 alone (no merged adapter) needs its gradient only for its quantizer: a sampled estimate
+        # serves, at a fraction of the product's cost. A merged weight's gradient also trains the adapter: exact.
+        frozen = self.unmerged or not self.max_rank
+        self.weight_grad_fraction = cfg.frozen_weight_grad_fraction if frozen else 1.0
         if self.max_rank:
             r = self.max_rank
             self.scaling = cfg.lora_alpha / r
@@ -111,7 +116,7 @@ class GatedLoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_quantizer(x)
-        y = F.linear(x, self.effective_weight(), self.base.bias)
+        y = linear(x, self.effective_weight(), self.base.bias, self.weight_grad_fraction)
         if self.unmerged and self.max_rank:
             y = y + F.linear(F.linear(x, self.lora_A) * (self.rank_mask() * self.lora_E), self.lora_B) * self.scaling
         return y

@@ -18,11 +18,12 @@ RTOL, ATOL = 1e-5, 1e-6
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    # No dropout: its masks depend on each rank's batch shape, so they cannot match a single process.
+    # No dropout: its masks depend on each rank's batch shape, so they cannot match a single process; nor can the
+    # frozen weights' sampled gradient (each rank draws rows of its own shard): the exact one is asked for.
     model = make_tiny_variant(tmp_path / "model", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     data = write_glue_sst2(tmp_path / "data", n_train=64, n_dev=16)
     args = ["--model", model, "--data-dir", data, *FAST, "--max-steps", "6", "--gate-lr", "0.3",
-            "--gate-init", "1.0", "--save-steps", "100"]
+            "--gate-init", "1.0", "--save-steps", "100", "--frozen-weight-grad-rows", "1"]
     assert_ok(train_cli(*args, "--output-dir", tmp_path / "one"))
 
     script = Path(sys.executable).parent / "blora-export"

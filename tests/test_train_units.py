@@ -62,6 +62,7 @@ def test_help_reads_each_default_from_its_dataclass():
                         ("--init-act-bits", defaults.init_act_bits), ("--embedding-bits", defaults.embedding_bits),
                         ("--lora-alpha", defaults.lora_alpha), ("--bops-weight", defaults.bops_weight),
                         ("--bops-budget", defaults.bops_budget), ("--gate-init", defaults.gate_init),
+                        ("--frozen-weight-grad-rows", defaults.frozen_weight_grad_rows),
                         ("--lr", OptimSpec.lr), ("--gate-lr", OptimSpec.gate_lr), ("--seed", OptimSpec.seed),
                         ("--max-seq-length", DataSpec.max_seq_length),
                         ("--eval-batch-size", TrainConfig.eval_batch_size)):

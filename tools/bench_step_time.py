@@ -1,5 +1,6 @@
 """Training step time of B-LoRA, this project's fp32 LoRA and W8A8 QAT against PEFT's LoRA (the peer), on the
-same model, batch and targets, measured in the same run (interleaved steps, median).
+same model, batch and targets, measured in the same run (interleaved steps, median). `blora-exact` is B-LoRA
+with the exact gradient for its frozen weights (`--frozen-weight-grad-rows 1`), to show what the estimate saves.
 
     python tools/bench_step_time.py [--model DIR] [--batch 32] [--seq-len 64] [--steps 8] [--threads 2]
 
@@ -32,7 +33,10 @@ def build(method: str, model_dir: str, rank: int):
         config = LoraConfig(r=rank, lora_alpha=16, target_modules=sorted(set(targets)), lora_dropout=0.0,
                             modules_to_save=head_modules(model))
         return get_peft_model(model, config), lambda: torch.zeros(())
-    cfg = BLoRAConfig(method=method, max_rank=rank)
+    if method == "blora-exact":
+        cfg = BLoRAConfig(method="blora", max_rank=rank, frozen_weight_grad_rows=1.0)
+    else:
+        cfg = BLoRAConfig(method=method, max_rank=rank)
     profile = prepare(model, cfg).profile
     # B-LoRA while its gates learn (the costliest phase): the price times the expected BOP fraction
     return model, lambda: PRICE * gated_model.expected_bop_fraction(model, profile)
@@ -46,7 +50,8 @@ def build(method: str, model_dir: str, rank: int):
 @click.option("--steps", default=8, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 def main(model_dir: str | None, batch: int, seq_len: int, rank: int, steps: int, threads: int) -> None:
-    """Median seconds per optimizer step for peft / lora / qat / blora, and each one's ratio to PEFT."""
+    """Median seconds per optimizer step for peft / lora / qat / blora / blora-exact, and each one's ratio to
+    PEFT."""
     from blora_export import gated_model
 
     if model_dir is None:
@@ -58,7 +63,7 @@ def main(model_dir: str | None, batch: int, seq_len: int, rank: int, steps: int,
     ids = torch.randint(1000, 20000, (batch, seq_len))
     labels = torch.randint(0, 2, (batch,))
     runs = {}
-    for method in ("peft", "lora", "qat", "blora"):
+    for method in ("peft", "lora", "qat", "blora", "blora-exact"):
         model, reg = build(method, model_dir, rank)
         if method != "peft":
             gated_model.calibrate(model, [{"input_ids": ids}])
@@ -78,7 +83,7 @@ def main(model_dir: str | None, batch: int, seq_len: int, rank: int, steps: int,
     peft = statistics.median(times["peft"])
     click.echo(f"batch {batch} x {seq_len}, rank {rank}, {threads} threads, median of {steps} interleaved steps")
     for method, t in times.items():
-        click.echo(f"{method:<6} {statistics.median(t):6.2f} s/step  {statistics.median(t) / peft:5.2f}x peft")
+        click.echo(f"{method:<11} {statistics.median(t):6.2f} s/step  {statistics.median(t) / peft:5.2f}x peft")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The training loop: one optimizer step per global batch, the phases of B-LoRA, logging, periodic evaluation and
 resume snapshots.
 
-Randomness is reseeded every step from (seed, step): dropout from (seed, step, rank), gate samples (the sampled
-ablation) from a dedicated generator seeded from (seed, step) alone, identically on every rank. So all ranks
-apply the same gate masks and the all-reduced gradient is the full batch's gradient, and a resumed run draws
+Randomness is reseeded every step from (seed, step): dropout and the token rows of the frozen weights' sampled
+gradient from (seed, step, rank), gate samples (the sampled ablation) from a dedicated generator seeded from
+(seed, step) alone, identically on every rank. So all ranks apply the same gate masks, the all-reduced gradient
+is the full batch's gradient (its frozen-weight part a sum of per-shard estimates), and a resumed run draws
 exactly what the uninterrupted run drew.
 
 While the gates learn (train/schedules.py), the loss is task + price x E[BOPs] / BOPs_fp32 and the price adapts

@@ -153,6 +153,9 @@ def _widths(widths: tuple[int, ...]) -> str:
               help="Activation grids: affine with a zero point (fits one-sided inputs), or symmetric signed.")
 @click.option("--relative-ranges/--absolute-ranges", default=BLoRAConfig.relative_ranges,
               help="Learn range ends relative to their scale (log-parameterised) or in absolute units.")
+@click.option("--frozen-weight-grad-rows", type=float, default=BLoRAConfig.frozen_weight_grad_rows,
+              help="blora: share of the token rows (drawn by gradient size) that estimate the gradient of the frozen "
+                   "weights, which only their quantizers learn from; 1: the exact gradient (slower steps).")
 @click.option("--calibration", type=click.Choice(CALIBRATIONS), default=BLoRAConfig.calibration,
               help="Activation range initialisation: least quantization error (mse) or max-abs.")
 @click.option("--calibration-batches", type=int, default=OptimSpec.calibration_batches,
