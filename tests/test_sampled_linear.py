@@ -67,10 +67,16 @@ def test_forward_input_and_bias_gradients_stay_exact():
     assert not torch.allclose(sampled[2], w.grad)  # the weight's is the estimate
 
 
-def _weight_grad(layer: GatedLoRALinear, x: torch.Tensor) -> torch.Tensor:
+def _grads(layer: GatedLoRALinear, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
+    """One backward pass; the gradients of the named parameters."""
     layer.zero_grad(set_to_none=True)
     layer(x).square().sum().backward()
-    return layer.weight_quantizer.log_hi.grad.clone()
+    params = dict(layer.named_parameters())
+    return [params[n].grad.clone() for n in names]
+
+
+def _weight_grad(layer: GatedLoRALinear, x: torch.Tensor) -> torch.Tensor:
+    return _grads(layer, x, "weight_quantizer.log_hi")[0]
 
 
 @pytest.mark.parametrize(("method", "adapted", "sampled"),
@@ -93,13 +99,8 @@ def test_unmerged_adapter_is_exact_while_its_base_weight_is_sampled():
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(4, 32, 12)
-
-    def grads():
-        layer.zero_grad(set_to_none=True)
-        layer(x).square().sum().backward()
-        return layer.lora_A.grad.clone(), layer.lora_B.grad.clone(), layer.weight_quantizer.log_hi.grad.clone()
-
-    first, second = grads(), grads()
+    names = ("lora_A", "lora_B", "weight_quantizer.log_hi")
+    first, second = _grads(layer, x, *names), _grads(layer, x, *names)
     assert layer.weight_grad_fraction == BLoRAConfig().frozen_weight_grad_rows < 1
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert first[0].abs().sum() > 0 and first[1].abs().sum() > 0
