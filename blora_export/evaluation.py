@@ -28,6 +28,7 @@ class EvalOptions:
     batch_size: int = 32
     ckpt: str | None = None
     trust_remote_code: bool = False
+    noise_floor: bool = False  # also measure the reference's own agreement under float32-level input noise
 
     def validate(self) -> EvalOptions:
         if bool(self.data.data_dir) == bool(self.data.validation_file) or self.data.train_file:
@@ -41,6 +42,8 @@ class EvalOptions:
             raise EvalError(f"--data-dir {self.data.data_dir} is a file, not a directory; pass the directory of "
                             "the GLUE files or the file as --validation-file")
         self.data.validate()
+        if self.noise_floor and not self.ckpt:
+            raise EvalError("--noise-floor measures the checkpoint's reference; pass --ckpt CKPT with it")
         if self.batch_size < 1:
             raise EvalError("--batch-size must be >= 1")
         return self
@@ -101,14 +104,14 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
               "batch_size": options.batch_size,
               "onnx": {**_report(onnx_logits, labels, task),
                        "examples_per_second": len(examples) / elapsed if elapsed > 0 else None},
-              "torch": None, "agreement": None, "max_abs_logit_diff": None}
+              "torch": None, "agreement": None, "max_abs_logit_diff": None, "noise": None}
     if options.ckpt:
         from . import fused
         from .checkpoint import load_checkpoint
         from .export.plan import make_plan
         from .export.reference import integer_exact
         from .export.tables import narrow_word_table
-        from .export.verify import torch_logits
+        from .export.verify import noise_floor, torch_logits
 
         log(f"loading checkpoint {options.ckpt}")
         model, meta = load_checkpoint(options.ckpt, trust_remote_code=options.trust_remote_code)
@@ -120,6 +123,9 @@ def evaluate_export(out_dir: str | Path, options: EvalOptions,
                          predictor.deploy.profile, predictor.deploy.opset)
         with fused.eager(), integer_exact(model, plan) as exact:
             ref = torch_logits(exact, batches)
+            if options.noise_floor:  # the same noise compress's verification rule is based on, on every example
+                noise = noise_floor(exact, batches, ref, predictor.deploy.problem_type)
+                result["noise"] = {"agreement": noise.agreement, "max_abs_logit_diff": noise.max_abs_diff}
         result["torch"] = _report(ref, labels, task)
         result["max_abs_logit_diff"] = float(np.abs(ref - onnx_logits).max()) if len(ref) else 0.0
         if not regression_model:
@@ -145,4 +151,9 @@ def format_result(result: dict) -> str:
                          f", max |logit difference| {result['max_abs_logit_diff']:.3g}")
         else:
             lines.append(f"max |prediction difference|: {result['max_abs_logit_diff']:.3g}")
+    if result.get("noise"):
+        same = round(result["noise"]["agreement"] * result["n_examples"])
+        lines.append(f"noise floor: the checkpoint itself keeps {100 * result['noise']['agreement']:.2f}% of its "
+                     f"predictions ({same}/{result['n_examples']}) when its input embeddings move by float32 ulps, "
+                     f"max |logit change| {result['noise']['max_abs_logit_diff']:.3g}")
     return "\n".join(lines)

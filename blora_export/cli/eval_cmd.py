@@ -27,12 +27,15 @@ from .errors import user_errors
               help="Inference batch size.")
 @click.option("--ckpt", type=click.Path(path_type=str), help="The checkpoint OUT was compressed from: also report "
               "its PyTorch metric (eval mode) and how often ONNX and PyTorch predict the same class.")
+@click.option("--noise-floor", is_flag=True, help="With --ckpt: also report how many of the checkpoint's own "
+              "predictions change when its input embeddings move by float32 ulps (the noise compress's "
+              "verification is based on): the agreement no export can be expected to beat. Four extra passes.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code of the checkpoint's base model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
 def eval_cmd(out: str, task: str, data_dir: str | None, validation_file: str | None, text_column: str | None,
              text_pair_column: str | None, label_column: str | None, max_eval_samples: int | None, batch_size: int,
-             ckpt: str | None, trust_remote_code: bool, as_json: bool) -> None:
+             ckpt: str | None, noise_floor: bool, trust_remote_code: bool, as_json: bool) -> None:
     """Evaluate the exported model in OUT (a `compress` output directory) on validation data.
 
     Reads the data with the same code as `train`, maps its labels to the label names saved in OUT/deploy.json,
@@ -49,6 +52,7 @@ def eval_cmd(out: str, task: str, data_dir: str | None, validation_file: str | N
 
     data = DataSpec(task=task, data_dir=data_dir, validation_file=validation_file, text_column=text_column,
                     text_pair_column=text_pair_column, label_column=label_column, max_eval_samples=max_eval_samples)
-    options = EvalOptions(data, batch_size=batch_size, ckpt=ckpt, trust_remote_code=trust_remote_code)
+    options = EvalOptions(data, batch_size=batch_size, ckpt=ckpt, trust_remote_code=trust_remote_code,
+                          noise_floor=noise_floor)
     result = evaluate_export(out, options, log=lambda msg: click.echo(msg, err=True))
     click.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_result(result))
