@@ -29,7 +29,7 @@ from .errors import user_errors
               "its PyTorch metric (eval mode) and how often ONNX and PyTorch predict the same class.")
 @click.option("--noise-floor", is_flag=True, help="With --ckpt: also report how many of the checkpoint's own "
               "predictions change when its input embeddings move by float32 ulps (the noise compress's "
-              "verification is based on): the agreement no export can be expected to beat. Four extra passes.")
+              "verification is based on), i.e. the flips float32 order alone causes. Four extra passes.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code of the checkpoint's base model.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @user_errors
