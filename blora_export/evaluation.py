@@ -151,7 +151,7 @@ def format_result(result: dict) -> str:
                          f", max |logit difference| {result['max_abs_logit_diff']:.3g}")
         else:
             lines.append(f"max |prediction difference|: {result['max_abs_logit_diff']:.3g}")
-    if result.get("noise"):
+    if result["noise"] is not None:
         same = round(result["noise"]["agreement"] * result["n_examples"])
         lines.append(f"noise floor: the checkpoint itself keeps {100 * result['noise']['agreement']:.2f}% of its "
                      f"predictions ({same}/{result['n_examples']}) when its input embeddings move by float32 ulps, "
