@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from export_support import checkpoint, compressed, read_json
+from export_support import base_dir, checkpoint, compressed, read_json
 
 from blora_export.export.audit_file import audit_onnx
 from blora_export.testing import make_tiny_model, synthetic_sentiment
@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import ablation_table  # noqa: E402
 import bench_methods  # noqa: E402
 import peft_lora  # noqa: E402
+import probe_pruning  # noqa: E402
 import ptq  # noqa: E402
 import word_table_probe  # noqa: E402
 
@@ -128,3 +129,56 @@ def test_word_table_probe_reports_the_size_profiles_table(glue_dir):
     refused = CliRunner().invoke(word_table_probe.main, [str(checkpoint("bert", "lora")), "--task", "sst2",
                                                         "--data-dir", str(glue_dir)])
     assert refused.exit_code == 1 and "keeps this checkpoint's word table" in refused.output
+
+
+@pytest.mark.parametrize("unit", ["ffn", "heads"])
+def test_pruning_probe_masks_what_slicing_removes(unit):
+    """The probe's two halves measure the same model: masking the units slicing drops gives the sliced model's
+    logits (rows and columns of the FFN, or whole heads, removed), and the slice is narrower."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from blora_export.base_model import load_base_model
+
+    model = load_base_model(str(base_dir("bert")), 2).eval()
+    narrow = probe_pruning.sliced(model, unit, 0.5)  # a copy, taken before the masks' hooks
+    ids = AutoTokenizer.from_pretrained(str(base_dir("bert")))(["good film", "bad plot and dull"], padding=True,
+                                                              return_tensors="pt")
+    full = model(**ids).logits
+    masks = probe_pruning.add_masks(model, unit)
+    for mask in masks:
+        mask[len(mask) // 2:] = 0.0
+    masked = model(**ids).logits
+    assert not torch.allclose(masked, full, atol=1e-4)
+    assert torch.allclose(narrow(**ids).logits, masked, atol=1e-5)
+    layer = probe_pruning.encoder_layers(narrow)[0]
+    width = layer.output.dense.in_features if unit == "ffn" else layer.attention.self.query.out_features
+    assert width == {"ffn": 64 // 2, "heads": 32 // 2}[unit]  # tiny model: FFN 64 channels, 2 heads of 16
+
+
+def test_pruning_probe_reports_accuracy_and_speed_per_keep_fraction(glue_dir):
+    """Rows per keep fraction: the kept count per layer is the fraction over the whole model, nothing pruned at
+    1.0 reproduces the checkpoint's own accuracy, and the speed table times the sliced exports."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from blora_export.checkpoint import load_checkpoint
+    from blora_export.data import DataSpec, load
+    from train.batching import encode
+    from train.evaluate import evaluate
+
+    ckpt = checkpoint("bert")
+    result = CliRunner().invoke(probe_pruning.main, [str(ckpt), "--task", "sst2", "--data-dir", str(glue_dir),
+                                                     "--keep", "1.0,0.5", "--recovery-steps", "2",
+                                                     "--fisher-examples", "8", "--speed", "--seq-len", "16"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in result.stdout.splitlines()
+            if line.startswith("| 1.0 |") or line.startswith("| 0.5 |")}
+    assert sum(json.loads(rows["0.5"][1])) == 64 and sum(json.loads(rows["1.0"][1])) == 128  # 2 layers x 64
+    model, meta = load_checkpoint(ckpt)
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    dataset = load(DataSpec(task="sst2", data_dir=str(glue_dir), max_seq_length=meta.max_seq_length))
+    own = evaluate(model, tokenizer, encode(tokenizer, dataset.validation, meta.max_seq_length), dataset.task, 64,
+                   torch.device("cpu"))["accuracy"]
+    assert float(rows["1.0"][2]) == pytest.approx(100 * own, abs=0.05)
+    assert "| quantize_dynamic, ffn keep 0.5 |" in result.stdout and "| quantize_dynamic |" in result.stdout
