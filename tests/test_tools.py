@@ -133,8 +133,8 @@ def test_word_table_probe_reports_the_size_profiles_table(glue_dir):
 
 @pytest.mark.parametrize("unit", ["ffn", "heads"])
 def test_pruning_probe_masks_what_slicing_removes(unit):
-    """The probe's two halves measure the same model: masking the units slicing drops gives the sliced model's
-    logits (rows and columns of the FFN, or whole heads, removed), and the slice is narrower."""
+    """Masking the units that slicing drops gives the sliced model's logits (rows and columns of the FFN, or whole
+    heads, removed): what the accuracy half scores with masks, the speed half times as a narrower graph."""
     import torch
     from transformers import AutoTokenizer
 
@@ -182,3 +182,33 @@ def test_pruning_probe_reports_accuracy_and_speed_per_keep_fraction(glue_dir):
                    torch.device("cpu"))["accuracy"]
     assert float(rows["1.0"][2]) == pytest.approx(100 * own, abs=0.05)
     assert "| quantize_dynamic, ffn keep 0.5 |" in result.stdout and "| quantize_dynamic |" in result.stdout
+
+
+def test_pruning_probe_keeps_the_highest_scores_over_the_whole_model_and_recovers_only_adapters_and_head(glue_dir):
+    """keep_top closes the globally lowest scores (layers end up uneven); recovery moves the adapters and the head
+    and nothing else (gates, ranges and the frozen base stay as trained)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from blora_export import roles
+    from blora_export.checkpoint import load_checkpoint
+    from blora_export.data import DataSpec, load
+    from train.batching import encode
+
+    masks = [torch.ones(4), torch.ones(4)]
+    kept = probe_pruning.keep_top(masks, torch.tensor([9.0, 1, 8, 2, 7, 6, 5, 0]), 0.5)
+    assert kept == [2, 2] and masks[0].tolist() == [1, 0, 1, 0] and masks[1].tolist() == [1, 1, 0, 0]
+    kept = probe_pruning.keep_top(masks, torch.tensor([9.0, 8, 7, 6, 1, 2, 3, 0]), 0.5)
+    assert kept == [4, 0]
+
+    ckpt = checkpoint("bert")
+    model, meta = load_checkpoint(ckpt)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
+    dataset = load(DataSpec(task="sst2", data_dir=str(glue_dir), max_seq_length=meta.max_seq_length))
+    probe_pruning.recover(model, meta, tokenizer, encode(tokenizer, dataset.train, meta.max_seq_length),
+                          dataset.task, steps=2)
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    allowed = {k for k, (role, _) in roles.trained_tensors(model, meta.head).items()
+               if role in (roles.ADAPTER, roles.HEAD)}
+    assert moved and moved <= allowed, moved - allowed

@@ -6,15 +6,17 @@ feed-forward channels (`--unit ffn`: rows of intermediate.dense and columns of o
 heads (`--unit heads`).
 
 Accuracy: masks on a trained checkpoint's PyTorch model (deterministic gates, i.e. the exported model), ranked
-over the whole model by the Fisher information of the mask on training batches (Kwon et al. 2022, "A Fast
-Post-Training Pruning Framework for Transformers"); then --recovery-steps of the checkpoint's adapters and head
-with the mask fixed (AdamW at the checkpoint's learning rate, linear decay); the task metric in PyTorch before and
-after. Every keep fraction, 1.0 (the control: recovery steps without pruning) included, starts from the
-checkpoint and draws the same batches and dropout.
+over the whole model by a Fisher score of the mask on training batches (after Kwon et al. 2022, "A Fast
+Post-Training Pruning Framework for Transformers", but squared gradients of 8-example batches, not of single
+examples); then --recovery-steps of the checkpoint's adapters and head with the mask fixed (AdamW at the
+checkpoint's learning rate and weight decay, linear decay from the start, no gradient clipping); the task metric
+in PyTorch at the training sequence length before and after. Every keep fraction, 1.0 (the control: recovery
+steps without pruning) included, starts from the checkpoint and draws the same batches and dropout.
 
 Speed (`--speed`): quantize_dynamic of the checkpoint's base model with the same fraction of every layer's
 channels (heads) sliced off, timed interleaved against quantize_dynamic of the unpruned model
-(tools/bench_latency.py's timing). Weights are the base model's: the widths of the graph decide its speed.
+(tools/bench_latency.py's timing). Weights are the base model's: the widths of the graph decide its speed. The
+timed model prunes every layer alike while the ranked masks do not: same MACs overall, not the same model.
 
     python tools/probe_pruning.py CKPT --task sst2 --data-dir ../shared/data/glue/SST-2 --unit heads \\
         --keep 1.0,0.75,0.5 [--speed [--no-accuracy]]
@@ -69,7 +71,7 @@ def add_masks(model: nn.Module, unit: str) -> list[torch.Tensor]:
 
 
 def fisher_scores(model, masks, tokenizer, data, task, examples: int, batch_size: int = 8) -> torch.Tensor:
-    """Sum over training examples of (d loss / d mask)^2, every layer's mask concatenated."""
+    """Sum over batches of (d batch loss / d mask)^2, every layer's mask concatenated."""
     from train.batching import collate
     from train.evaluate import loss_sum
 
@@ -99,8 +101,8 @@ def keep_top(masks: list[torch.Tensor], scores: torch.Tensor, keep: float) -> li
 
 
 def recover(model, meta, tokenizer, data, task, steps: int) -> None:
-    """Train the adapters and the head with the masks fixed, with the checkpoint's optimiser settings (train's
-    defaults where it records none)."""
+    """Train the adapters and the head with the masks fixed, at the checkpoint's learning rate, weight decay and
+    batch size (train's defaults where it records none)."""
     from blora_export import roles
     from train.batching import collate
     from train.evaluate import loss_sum
@@ -147,12 +149,12 @@ def sliced(model: nn.Module, unit: str, keep: float) -> nn.Module:
 
     for layer in encoder_layers(model):
         if unit == FFN:
-            k = round(keep * ffn_width(layer))
+            k = max(1, round(keep * ffn_width(layer)))
             layer.intermediate.dense = narrow(layer.intermediate.dense, rows=k)
             layer.output.dense = narrow(layer.output.dense, cols=k)
         else:
             attention = layer.attention.self
-            heads = round(keep * head_count(layer))
+            heads = max(1, round(keep * head_count(layer)))
             k = heads * attention.attention_head_size
             for name in ("query", "key", "value"):
                 setattr(attention, name, narrow(getattr(attention, name), rows=k))
@@ -191,9 +193,9 @@ def speed_table(ckpt: Path, meta, unit: str, keeps: list[float], seq_len: int, r
 @click.option("--unit", type=click.Choice([FFN, HEADS]), default=FFN, show_default=True)
 @click.option("--keep", "keeps", default="1.0,0.75,0.5", show_default=True,
               help="Fractions of the units to keep, over the whole model.")
-@click.option("--recovery-steps", default=100, show_default=True)
-@click.option("--fisher-examples", default=512, show_default=True)
-@click.option("--threads", default=1, show_default=True)
+@click.option("--recovery-steps", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--fisher-examples", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--speed/--no-speed", default=False, show_default=True,
               help="Also time quantize_dynamic of the sliced base model (1 and 2 threads x batch 8 and 1, 15 runs).")
 @click.option("--seq-len", default=128, show_default=True, help="Sequence length of the timed batches.")
@@ -217,25 +219,24 @@ def main(ckpt, task, data_dir, train_file, validation_file, unit, keeps, recover
         raise click.BadParameter(f"{keeps!r} is not a comma-separated list of numbers", param_hint="--keep") from None
     if not all(0 < k <= 1 for k in keep_list):
         raise click.BadParameter("every fraction must be in (0, 1]", param_hint="--keep")
+    if not (speed or accuracy):
+        raise click.UsageError("--no-accuracy without --speed measures nothing")
     try:
         meta = read_meta(ckpt)
+        dataset = load(DataSpec(task=task, data_dir=data_dir, train_file=train_file, validation_file=validation_file,
+                                max_seq_length=meta.max_seq_length).validate()) if accuracy else None
+        model, _ = load_checkpoint(ckpt)
     except UserError as e:
         raise click.ClickException(str(e)) from None
     if speed:
         click.echo(speed_table(ckpt, meta, unit, keep_list, seq_len, 15) + "\n")
     if not accuracy:
         return
-    try:
-        dataset = load(DataSpec(task=task, data_dir=data_dir, train_file=train_file, validation_file=validation_file,
-                                max_seq_length=meta.max_seq_length).validate())
-    except UserError as e:
-        raise click.ClickException(str(e)) from None
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt))
     train_data = encode(tokenizer, dataset.train, meta.max_seq_length)
     eval_data = encode(tokenizer, dataset.validation, meta.max_seq_length)
     metric = dataset.task.metric
 
-    model, _ = load_checkpoint(ckpt)
     scores = fisher_scores(model, add_masks(model, unit), tokenizer, train_data, dataset.task, fisher_examples)
     click.echo(f"| {unit} keep | kept per layer | {metric}, pruned | {metric}, after {recovery_steps} "
                "recovery steps |\n|---|---|---|---|")
