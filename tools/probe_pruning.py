@@ -116,16 +116,14 @@ def recover(model, meta, tokenizer, data, task, steps: int) -> None:
                 params.append(tensor)
     if not steps or not params:
         return
-    defaults, recorded = OptimSpec(), meta.options.get("optim", {})
-    lr, weight_decay, batch_size = (recorded.get(key, getattr(defaults, key))
-                                    for key in ("lr", "weight_decay", "batch_size"))
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optim = OptimSpec(**meta.options.get("optim", {}))  # as TrainConfig.from_dict reads it
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     decay = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - step / steps)
     draws = torch.Generator().manual_seed(1)
     torch.manual_seed(1)  # dropout and the frozen weights' sampled gradient: the same draws for every keep fraction
     model.train()
     for _ in range(steps):
-        batch = collate(tokenizer, data, torch.randint(len(data), (batch_size,), generator=draws).tolist(),
+        batch = collate(tokenizer, data, torch.randint(len(data), (optim.batch_size,), generator=draws).tolist(),
                         task.is_regression)
         labels = batch.pop("labels")
         loss = loss_sum(model(**batch).logits, labels, task.is_regression) / len(labels)
@@ -206,7 +204,7 @@ def main(ckpt, task, data_dir, train_file, validation_file, unit, keeps, recover
     """Accuracy (and speed) of a checkpoint with feed-forward channels or attention heads pruned."""
     from transformers import AutoTokenizer
 
-    from blora_export.checkpoint import load_checkpoint, read_meta
+    from blora_export.checkpoint import load_checkpoint
     from blora_export.data import DataSpec, load
     from blora_export.errors import UserError
     from train.batching import encode
@@ -222,10 +220,9 @@ def main(ckpt, task, data_dir, train_file, validation_file, unit, keeps, recover
     if not (speed or accuracy):
         raise click.UsageError("--no-accuracy without --speed measures nothing")
     try:
-        meta = read_meta(ckpt)
+        trained, meta = load_checkpoint(ckpt)
         dataset = load(DataSpec(task=task, data_dir=data_dir, train_file=train_file, validation_file=validation_file,
                                 max_seq_length=meta.max_seq_length).validate()) if accuracy else None
-        model, _ = load_checkpoint(ckpt)
     except UserError as e:
         raise click.ClickException(str(e)) from None
     if speed:
@@ -237,11 +234,12 @@ def main(ckpt, task, data_dir, train_file, validation_file, unit, keeps, recover
     eval_data = encode(tokenizer, dataset.validation, meta.max_seq_length)
     metric = dataset.task.metric
 
+    model = copy.deepcopy(trained)  # every row starts from the untouched checkpoint, without another row's hooks
     scores = fisher_scores(model, add_masks(model, unit), tokenizer, train_data, dataset.task, fisher_examples)
     click.echo(f"| {unit} keep | kept per layer | {metric}, pruned | {metric}, after {recovery_steps} "
                "recovery steps |\n|---|---|---|---|")
     for keep in keep_list:
-        model, meta = load_checkpoint(ckpt)
+        model = copy.deepcopy(trained)
         kept = keep_top(add_masks(model, unit), scores, keep)
         pruned = evaluate(model, tokenizer, eval_data, dataset.task, 64, torch.device("cpu"))[metric]
         recover(model, meta, tokenizer, train_data, dataset.task, recovery_steps)
